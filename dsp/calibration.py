@@ -1,0 +1,135 @@
+"""Shot-noise and electronic-noise calibration through the same filters as the signal.
+
+Two captures calibrate the receiver (docs/physics.md):
+
+* electronic noise: LO off (``SENS:LO:STAT OFF``), only the detector electronics remain;
+* shot noise: LO on, input shutter closed (``INP:STAT OFF``): vacuum noise + electronics.
+
+Each goes through the signal path's matched filter, shifted by the frame's carrier offset so
+the filter sees the same part of the front end's noise spectrum as the quantum band did,
+and is sampled once per symbol. With ``V_shot`` and ``V_el`` the per-quadrature variances
+(V^2), one shot-noise unit is ``N0 = V_shot - V_el`` and the electronic noise is
+``v_el = V_el / N0`` SNU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsp.estimation import estimate_electronic_noise
+from dsp.frame import FrameFormat
+from dsp.rx import (
+    AdcScaling,
+    CalibrationError,
+    check_clipping,
+    fft_length,
+    matched_filter,
+    spectrum,
+    to_complex,
+)
+
+
+@dataclass(frozen=True)
+class NoiseCalibration:
+    """Calibration result.
+
+    Attributes
+    ----------
+    n0 : float
+        Shot-noise variance per quadrature after the matched filter (V^2): one SNU.
+    v_el : float
+        Electronic noise in SNU.
+    eta : float
+        Detector efficiency (``CAL:EFF?``).
+    v_el_stderr : float
+        Standard error of ``v_el`` (:func:`dsp.estimation.estimate_electronic_noise`).
+    n_shot, n_el : int
+        Symbol-spaced complex samples behind each variance.
+    """
+
+    n0: float
+    v_el: float
+    eta: float
+    v_el_stderr: float
+    n_shot: int
+    n_el: int
+
+
+def noise_samples(
+    i_raw: np.ndarray,
+    q_raw: np.ndarray,
+    scale_i: AdcScaling,
+    scale_q: AdcScaling,
+    fmt: FrameFormat,
+    cfo_hz: float = 0.0,
+) -> np.ndarray:
+    """Symbol-spaced matched-filter outputs (complex64, volts) of a noise capture.
+
+    Samples one per symbol (independent for a Nyquist pulse), away from the record's ends
+    where the circular filtering wraps.
+    """
+    i_raw = np.asarray(i_raw)
+    q_raw = np.asarray(q_raw)
+    if i_raw.size < 1024 * fmt.sps_adc:
+        raise CalibrationError(f"calibration capture too short ({i_raw.size} points)")
+    check_clipping(i_raw, q_raw)
+    x = to_complex(i_raw, q_raw, scale_i, scale_q)
+    n_fft = fft_length(x.size, fmt)
+    spec = spectrum(x, n_fft)
+    del x
+    shift = int(round(cfo_hz / fmt.adc_rate_hz * n_fft))
+    y2, _ = matched_filter(spec, fmt, shift_bins=shift)
+    edge = 256
+    valid = (i_raw.size * 2) // fmt.sps_adc
+    return np.ascontiguousarray(y2[edge : valid - edge : 2])
+
+
+def noise_variance(
+    i_raw: np.ndarray,
+    q_raw: np.ndarray,
+    scale_i: AdcScaling,
+    scale_q: AdcScaling,
+    fmt: FrameFormat,
+    cfo_hz: float = 0.0,
+) -> tuple[float, int]:
+    """Per-quadrature variance (V^2) of a noise capture after the matched filter, and the
+    number of symbol-spaced complex samples behind it."""
+    y = noise_samples(i_raw, q_raw, scale_i, scale_q, fmt, cfo_hz)
+    var = float(np.mean(y.real.astype(np.float64) ** 2 + y.imag.astype(np.float64) ** 2) / 2)
+    if not (math.isfinite(var) and var > 0):
+        raise CalibrationError("calibration capture has zero or non-finite variance")
+    return var, int(y.size)
+
+
+def calibrate(
+    shot: tuple[np.ndarray, np.ndarray, AdcScaling, AdcScaling],
+    electronic: tuple[np.ndarray, np.ndarray, AdcScaling, AdcScaling],
+    eta: float,
+    fmt: FrameFormat,
+    cfo_hz: float = 0.0,
+) -> NoiseCalibration:
+    """Shot-noise unit and electronic noise from the two calibration captures.
+
+    Each capture is ``(i_raw, q_raw, scale_i, scale_q)``; ``cfo_hz`` is the frame's carrier
+    offset (:attr:`dsp.rx.RxResult.cfo_hz`).
+    """
+    if not (math.isfinite(eta) and 0.0 < eta <= 1.0):
+        raise CalibrationError(f"detector efficiency must be in (0, 1], got {eta}")
+    ys = noise_samples(*shot, fmt, cfo_hz)
+    ye = noise_samples(*electronic, fmt, cfo_hz)
+    v_shot = float(np.mean(np.abs(ys.astype(np.complex128)) ** 2) / 2)
+    v_el = float(np.mean(np.abs(ye.astype(np.complex128)) ** 2) / 2)
+    if not (math.isfinite(v_shot) and math.isfinite(v_el) and v_shot > 0):
+        raise CalibrationError("calibration captures have zero or non-finite variance")
+    if not v_shot - v_el > 0.05 * v_shot:
+        raise CalibrationError(
+            f"shot-noise capture ({v_shot:.4g} V^2) is not clearly above the electronic "
+            f"noise ({v_el:.4g} V^2): was the LO on for the shot-noise capture?"
+        )
+    v, se, n0 = estimate_electronic_noise(ye, ys)
+    return NoiseCalibration(
+        n0=float(n0), v_el=float(v), eta=float(eta), v_el_stderr=float(se), n_shot=ys.size, n_el=ye.size
+    )

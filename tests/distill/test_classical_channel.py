@@ -1,0 +1,29 @@
+"""The ZeroMQ classical channel on loopback."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dsp.distill import Alice, Bob, DistillConfig, bob_run_block
+from hil.classical_channel import ZmqAliceServer, ZmqBobChannel
+
+PSK = np.random.default_rng(98).bytes(512)
+
+
+def test_block_over_zeromq_loopback():
+    cfg = DistillConfig(block_bits=20_000, beta=0.8)
+    alice = Alice(PSK, cfg, np.random.default_rng(1))
+    bob = Bob(PSK, cfg, np.random.default_rng(2))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(16_664)
+    y = x + rng.standard_normal(x.size)
+    alice.load_block(x)
+    server = ZmqAliceServer(alice, "tcp://127.0.0.1:*")
+    server.start()
+    try:
+        with ZmqBobChannel(server.endpoint, timeout_s=60) as chan:
+            res = bob_run_block(bob, y, 1.0, 0.05, chan, max_frames=1)
+    finally:
+        server.stop()
+    assert res.frames_ok == 1
+    assert res.bob_keys and alice.committed[-1][1] == res.bob_keys

@@ -1,0 +1,135 @@
+"""Two-party distillation: identical keys, discarded frames, tampering, MAC key use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dsp.distill as distill_mod
+from dsp import mac
+from dsp.distill import Alice, Bob, DistillConfig, InProcessChannel, distill_block, key_id
+
+PSK = np.random.default_rng(99).bytes(1024)
+CFG = DistillConfig(block_bits=20_000, beta=0.8)
+SNR = 1.0
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n) * 2.0
+    y = 0.3 * x + rng.standard_normal(n) * 0.6 / np.sqrt(SNR)  # SNR = 0.36 / 0.36
+    return x, y
+
+
+def _parties(cfg: DistillConfig = CFG) -> tuple[Alice, Bob]:
+    return Alice(PSK, cfg, np.random.default_rng(11)), Bob(PSK, cfg, np.random.default_rng(12))
+
+
+def test_identical_keys_with_agreed_ids_over_two_blocks():
+    alice, bob = _parties()
+    for block in range(2):
+        x, y = _data(3 * 16_664, block)
+        res = distill_block(alice, bob, x, y, SNR, 0.05, max_frames=2)
+        assert res.frames_ok == 2 and res.fer == 0.0
+        assert res.bob_keys and res.alice_keys == res.bob_keys
+        assert all(len(k) == 32 for _, k in res.bob_keys)
+        assert res.bob_keys[3][0] == key_id(res.block_id, 3)
+        acct = res.accounting
+        assert acct["pa_output_bits"] > 0 and acct["leak_ec_bits"] == 2 * 10_000
+        assert abs(res.beta - 0.8) < 1e-3
+    # the pools stay in step: what Bob sends Alice can open, and vice versa
+    assert bob.party.send_pool.available == alice.party.recv_pool.available
+    assert bob.party.recv_pool.available == alice.party.send_pool.available
+
+
+def test_failed_decoding_discarded_by_both_and_counted():
+    alice, bob = _parties(DistillConfig(block_bits=20_000, beta=1.1))
+    x, y = _data(20_000, 3)
+    res = distill_block(alice, bob, x, y, SNR, 0.05, max_frames=1)
+    assert [f.status for f in res.frames] == ["decode_failed"]
+    assert res.fer == 1.0 and res.bob_keys == [] and res.alice_keys == []
+
+
+def test_failed_verification_discarded(monkeypatch):
+    calls = {"n": 0}
+    real = distill_mod.poly_hash
+
+    def lying_hash(bits, key):  # Bob's (first) call is honest, Alice's is off by one
+        calls["n"] += 1
+        return real(bits, key) + (calls["n"] % 2 == 0)
+
+    monkeypatch.setattr(distill_mod, "poly_hash", lying_hash)
+    alice, bob = _parties()
+    x, y = _data(16_664, 4)
+    res = distill_block(alice, bob, x, y, SNR, 0.05, max_frames=1)
+    assert [f.status for f in res.frames] == ["verify_failed"]
+    assert res.bob_keys == [] and res.alice_keys == []
+
+
+def _run_with(tamper) -> tuple[distill_mod.BlockResult, Alice, Bob]:
+    alice, bob = _parties()
+    x, y = _data(3 * 16_664, 5)
+    alice.load_block(x)
+    chan = InProcessChannel(alice, tamper=tamper)
+    res = distill_block(alice, bob, x, y, SNR, 0.05, channel=chan, max_frames=3)
+    return res, alice, bob
+
+
+@pytest.mark.parametrize("attack", ["flip", "wrong_tag", "replay", "flip_reply"])
+def test_tampered_message_rejected_and_run_continues(attack):
+    seen: list[bytes] = []
+
+    def tamper(direction: str, i: int, data: bytes) -> bytes:
+        if direction == "ba":
+            seen.append(data)
+        if attack == "flip" and direction == "ba" and i == 0:
+            b = bytearray(data)
+            b[len(b) // 2] ^= 0x10
+            return bytes(b)
+        if attack == "wrong_tag" and direction == "ba" and i == 0:
+            return data[:-16] + bytes(16)
+        if attack == "replay" and direction == "ba" and i == 1:
+            return seen[0]
+        if attack == "flip_reply" and direction == "ab" and i == 0:
+            b = bytearray(data)
+            b[20] ^= 0x01
+            return bytes(b)
+        return data
+
+    res, alice, bob = _run_with(tamper)
+    bad = 1 if attack == "replay" else 0
+    statuses = [f.status for f in res.frames]
+    assert statuses[bad] == "rejected"
+    assert statuses.count("ok") == 2  # the other frames went through
+    assert res.bob_keys and res.alice_keys == res.bob_keys
+    assert alice.party.rejected + bob.party.rejected >= 1
+
+
+def test_mac_keys_never_reused(monkeypatch):
+    used: list[bytes] = []
+    real_tag = mac.tag
+
+    def spy(key: bytes, message: bytes) -> bytes:
+        used.append(key)
+        return real_tag(key, message)
+
+    monkeypatch.setattr(mac, "tag", spy)
+    alice, bob = _parties()
+    for block in range(2):
+        x, y = _data(2 * 16_664, 10 + block)
+        distill_block(alice, bob, x, y, SNR, 0.05, max_frames=2)
+    assert len(used) == 2 * 2 * 3  # 2 blocks x 2 directions x (2 frames + PA)
+    assert len(set(used)) == len(used)
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(ValueError, match="pre-shared secret"):
+        Alice(b"short")
+    alice, bob = _parties()
+    with pytest.raises(ValueError, match="symbols"):
+        distill_block(alice, bob, np.zeros(10), np.zeros(11), SNR, 0.0)
+    assert alice.handle(b"garbage")  # an authenticated rejection, not an exception
+    with pytest.raises(mac.MacKeyExhausted):
+        a2 = Alice(bytes(64))
+        for _ in range(3):
+            a2.handle(b"garbage")
