@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 GENESIS = "0" * 64
+# One encoder for every canonical form (json.dumps with options builds a new one per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=True)
 EVENTS = ("ingest", "request", "delivery", "refusal")
 
 SCHEMA = """
@@ -51,11 +53,7 @@ def record_hash(
     detail: str,
 ) -> str:
     """Chain hash of one record (the canonical form documented in docs/kms.md)."""
-    canon = json.dumps(
-        [seq, repr(ts), event, identity, peer, key_ids, detail],
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
+    canon = _COMPACT.encode([seq, repr(ts), event, identity, peer, key_ids, detail])
     return hashlib.sha256(prev_hash.encode() + canon.encode()).hexdigest()
 
 
@@ -116,8 +114,8 @@ def append(
     else:
         seq, prev = head[0] + 1, head[1]
     ts = time.time()
-    kids = json.dumps(list(key_ids), separators=(",", ":"))
-    det = json.dumps(detail or {}, sort_keys=True, separators=(",", ":"))
+    kids = _COMPACT.encode(list(key_ids))
+    det = _COMPACT.encode(detail or {})
     h = record_hash(prev, seq, ts, event, identity, peer, kids, det)
     con.execute(
         "INSERT INTO audit (seq, ts, event, identity, peer, key_ids, detail, prev_hash, hash)"

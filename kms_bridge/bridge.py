@@ -183,7 +183,11 @@ class BridgeServer:
             while not self._stop.is_set():
                 if not poller.poll(100):
                     continue
-                self._serve_batch(sock)
+                try:
+                    self._serve_batch(sock)
+                except Exception as exc:  # a bug must not stop the bridge: log and go on
+                    log.exception("bridge: error while serving: %s", exc)
+                    self.stats.errors += 1
         finally:
             sock.close()
 
@@ -310,8 +314,10 @@ class BridgeNode:
         max_attempts: int = 8,
         backoff_max: float = 2.0,
         heartbeat_interval: float = 1.0,
+        max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
     ):
         self.link_id = link_id
+        self.max_frame_bytes = max_frame_bytes
         self.endpoint = endpoint
         self.window = window
         self.ack_timeout = ack_timeout
@@ -332,6 +338,7 @@ class BridgeNode:
         self.counters = collections.Counter[str]()
         self.last_seen = 0.0
         self._push_times: dict[int, float] = {}
+        self._dirty_at = 0.0  # when acknowledged blocks were last deleted (0: checkpointed)
         self._thread = threading.Thread(target=self._run, name=f"node-{link_id}", daemon=True)
         self._thread.start()
 
@@ -362,6 +369,13 @@ class BridgeNode:
         """
         t0 = time.perf_counter()
         frame = wire.encode_block(self.link_id, block_id, keys, metadata)
+        if len(frame) > self.max_frame_bytes:
+            size = len(frame)
+            _wipe(frame)
+            raise ValueError(
+                f"block {block_id} encodes to {size} bytes, above the bridge limit of "
+                f"{self.max_frame_bytes}: split it into smaller blocks"
+            )
         digest = hashlib.sha256(frame).digest()
         try:
             with self._lock:
@@ -376,34 +390,47 @@ class BridgeNode:
                                 "with different keys"
                             )
                         return
-                self._con.execute("BEGIN IMMEDIATE")
-                self._con.execute(
-                    "INSERT INTO outbox (block_id, link_id, digest, frame, created)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (block_id, self.link_id, digest, bytes(frame), time.time()),
-                )
-                self._con.execute("COMMIT")
+                try:
+                    self._con.execute("BEGIN IMMEDIATE")
+                    self._con.execute(
+                        "INSERT INTO outbox (block_id, link_id, digest, frame, created)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (block_id, self.link_id, digest, bytes(frame), time.time()),
+                    )
+                    self._con.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if self._con.in_transaction:
+                        self._con.execute("ROLLBACK")
+                    raise OSError(
+                        f"outbox {self._path}: cannot store block {block_id}: {exc}"
+                    ) from None
                 self._push_times[block_id] = t0
         finally:
             _wipe(frame)
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
 
+    def _count(self, state: str) -> int:
+        with self._lock:
+            q = "SELECT COUNT(*) FROM outbox WHERE state = ?"
+            return int(self._con.execute(q, (state,)).fetchone()[0])
+
     def pending(self) -> int:
         """Blocks in the outbox not yet acknowledged (including parked ones)."""
-        with self._lock:
-            return int(
-                self._con.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[
-                    0
-                ]
-            )
+        return self._count("pending")
+
+    def rejected(self) -> int:
+        """Blocks the KME refused (CONFLICT, FORBIDDEN, ERROR): kept in the outbox, never
+        resent; an operator must look at them (table ``outbox``, state 'rejected')."""
+        return self._count("rejected")
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every pushed block is acknowledged; False on timeout."""
+        """Wait until every pushed block is acknowledged. False on timeout, and False if
+        the outbox holds rejected blocks (those keys were not delivered)."""
         deadline = time.monotonic() + timeout
         while True:
             if self.pending() == 0:
-                return True
+                return self.rejected() == 0
             if time.monotonic() >= deadline:
                 return False
             with self._idle:
@@ -417,6 +444,7 @@ class BridgeNode:
             "connected": age is not None and age < 3 * self.heartbeat_interval,
             "last_heartbeat_age_s": age,
             "pending": self.pending(),
+            "rejected": self.rejected(),
             "inflight": len(self._inflight),
             "parked": len(self._parked),
             **self.counters,
@@ -456,7 +484,8 @@ class BridgeNode:
         self.close()
 
     def _checkpoint(self) -> None:
-        """Outbox drained: truncate the WAL so acknowledged keys' pre-images go too."""
+        """Outbox drained and idle for 1 s: truncate the WAL so that the pre-images of
+        acknowledged keys go too."""
         with self._lock, contextlib.suppress(sqlite3.Error):
             if self._con.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
                 self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -509,43 +538,52 @@ class BridgeNode:
         refill = True
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                if refill:
-                    self._fill()
-                    refill = False
-                for block_id, inf in list(self._inflight.items()):
-                    if block_id in self._parked or inf.next_at > now:
-                        continue
-                    if inf.attempts >= self.max_attempts:
-                        self._parked.add(block_id)
-                        self.counters["parked"] += 1
-                        continue
-                    try:
-                        sock.send(inf.frame, zmq.NOBLOCK, copy=True)
-                        self.counters["sent"] += 1
-                    except zmq.Again:
-                        self.counters["send_blocked"] += 1
-                    if inf.attempts:
-                        self.counters["retries"] += 1
-                    inf.attempts += 1
-                    inf.sent_at = now
-                    inf.next_at = now + self._backoff(inf.attempts)
-                if now >= next_hb:
-                    hb_seq += 1
-                    with contextlib.suppress(zmq.Again):
-                        sock.send(wire.encode_heartbeat(hb_seq), zmq.NOBLOCK)
-                    next_hb = now + self.heartbeat_interval
-                deadlines = [next_hb] + [
-                    i.next_at for b, i in self._inflight.items() if b not in self._parked
-                ]
-                wait = max(0.0, min(deadlines) - time.monotonic())
-                events = dict(poller.poll(int(wait * 1000) + 1))
-                if self._wake_r in events:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
+                try:
+                    now = time.monotonic()
+                    if refill:
+                        self._fill()
+                        refill = False
+                    for block_id, inf in list(self._inflight.items()):
+                        if block_id in self._parked or inf.next_at > now:
+                            continue
+                        if inf.attempts >= self.max_attempts:
+                            self._parked.add(block_id)
+                            self.counters["parked"] += 1
+                            continue
+                        try:
+                            sock.send(inf.frame, zmq.NOBLOCK, copy=True)
+                            self.counters["sent"] += 1
+                        except zmq.Again:
+                            self.counters["send_blocked"] += 1
+                        if inf.attempts:
+                            self.counters["retries"] += 1
+                        inf.attempts += 1
+                        inf.sent_at = now
+                        inf.next_at = now + self._backoff(inf.attempts)
+                    if self._dirty_at and not self._inflight and now - self._dirty_at > 1.0:
+                        self._checkpoint()
+                        self._dirty_at = 0.0
+                    if now >= next_hb:
+                        hb_seq += 1
+                        with contextlib.suppress(zmq.Again):
+                            sock.send(wire.encode_heartbeat(hb_seq), zmq.NOBLOCK)
+                        next_hb = now + self.heartbeat_interval
+                    deadlines = [next_hb] + [
+                        i.next_at for b, i in self._inflight.items() if b not in self._parked
+                    ]
+                    wait = max(0.0, min(deadlines) - time.monotonic())
+                    events = dict(poller.poll(int(wait * 1000) + 1))
+                    if self._wake_r in events:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                        refill = True
+                    if sock in events:
+                        refill |= self._receive(sock)
+                except Exception as exc:  # keep delivering: log, count, retry later
+                    log.exception("node %s: sender error: %s", self.link_id, exc)
+                    self.counters["sender_errors"] += 1
+                    time.sleep(0.1)
                     refill = True
-                if sock in events:
-                    refill |= self._receive(sock)
         finally:
             sock.close(0)
             ctx.term()
@@ -582,9 +620,10 @@ class BridgeNode:
                 done.append((ack.block_id, ack.status))
                 self.latencies.append(time.perf_counter() - inf.t_push)
                 self.counters["acked"] += 1
-            elif ack.status == wire.AckStatus.FULL:
+            elif ack.status in (wire.AckStatus.FULL, wire.AckStatus.ERROR):
+                # The KME has no room, or its store failed: keep the block, retry later.
                 seen.discard(ack.block_id)
-                self.counters["kme_full"] += 1
+                self.counters["kme_full" if ack.status == wire.AckStatus.FULL else "kme_error"] += 1
                 inf.next_at = time.monotonic() + self.backoff_max
             else:
                 rejected.append(ack.block_id)
@@ -593,25 +632,31 @@ class BridgeNode:
         if not done and not rejected:
             return False
         with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
-            for block_id, status in done:
-                self._con.execute(
-                    "INSERT OR REPLACE INTO done (block_id, digest, status, ts)"
-                    " SELECT block_id, digest, ?, ? FROM outbox WHERE block_id = ?",
-                    (int(status), time.time(), block_id),
-                )
-                self._con.execute("DELETE FROM outbox WHERE block_id = ?", (block_id,))
-            for block_id in rejected:
-                self._con.execute(
-                    "UPDATE outbox SET state = 'rejected' WHERE block_id = ?", (block_id,)
-                )
-            self._con.execute("COMMIT")
+            try:
+                self._con.execute("BEGIN IMMEDIATE")
+                for block_id, status in done:
+                    self._con.execute(
+                        "INSERT OR REPLACE INTO done (block_id, digest, status, ts)"
+                        " SELECT block_id, digest, ?, ? FROM outbox WHERE block_id = ?",
+                        (int(status), time.time(), block_id),
+                    )
+                    self._con.execute("DELETE FROM outbox WHERE block_id = ?", (block_id,))
+                for block_id in rejected:
+                    self._con.execute(
+                        "UPDATE outbox SET state = 'rejected' WHERE block_id = ?", (block_id,)
+                    )
+                self._con.execute("COMMIT")
+            except sqlite3.Error:
+                # Not recorded: the blocks stay in flight and are resent; the KME answers
+                # DUPLICATE, so nothing is lost or doubled.
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise
         for block_id in [b for b, _ in done] + rejected:
             inf = self._inflight.pop(block_id)
             _wipe(inf.frame)
             self._parked.discard(block_id)
-        if not self._inflight:
-            self._checkpoint()
+        self._dirty_at = time.monotonic()
         with self._idle:
             self._idle.notify_all()
         return True

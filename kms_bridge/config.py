@@ -164,9 +164,15 @@ def parse_config(raw: dict[str, Any], base: str, source: str = "<dict>") -> KmeC
         sink=_get(store, "sink", f"{w}: store", str, "sqlite"),
         ready_file=p(_get(raw, "ready_file", w, str, "")),
         source=source,
+        extra=_get(raw, "extra", w, dict, {}),
     )
     if cfg.http_host not in ("127.0.0.1", "::1", "localhost") and not raw.get("allow_remote"):
         raise ConfigError(f"{w}: http.host {cfg.http_host!r} is not loopback (set allow_remote)")
+    bind_host = cfg.bridge_bind.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if bind_host not in ("127.0.0.1", "::1", "localhost") and not raw.get("allow_remote"):
+        raise ConfigError(
+            f"{w}: bridge.bind {cfg.bridge_bind!r} is not loopback (set allow_remote)"
+        )
     if http and not (cfg.http_certfile and cfg.http_keyfile and cfg.http_ca):
         raise ConfigError(f"{w}: http needs certfile, keyfile and ca (mutual TLS only)")
     return cfg

@@ -20,7 +20,7 @@ import base64
 import json
 import ssl
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -228,7 +228,15 @@ def create_app(cfg: KmeConfig, store: SqliteKeyStore) -> FastAPI:
             raise ref
         return who, rule
 
-    async def refuse(request: Request, who: str, peer: str, status: int, msg: str, details=None):
+    async def refuse(
+        request: Request,
+        who: str,
+        peer: str,
+        status: int,
+        msg: str,
+        details: list[dict[str, Any]] | None = None,
+    ) -> NoReturn:
+        """Audit a refusal, then answer it with the spec's error body."""
         ref = _RefusalError(status, msg, details)
         await audit_refusal(request, who, peer, ref)
         raise ref

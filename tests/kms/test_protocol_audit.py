@@ -189,6 +189,9 @@ def test_custom_sink_is_fed_and_key_buffers_are_wiped_after_ack(tmp_path) -> Non
             node.push(2, keys[10:], {"frame": 2})  # repeating a push is a no-op
             with pytest.raises(ValueError, match="different keys"):
                 node.push(2, keys[:10], {})
+            node.max_frame_bytes = 500
+            with pytest.raises(ValueError, match="split it"):
+                node.push(3, keys, {})
             assert node.flush(10)
             assert node.health()["pending"] == 0
     finally:
@@ -203,3 +206,49 @@ def test_custom_sink_is_fed_and_key_buffers_are_wiped_after_ack(tmp_path) -> Non
     con = sqlite3.connect(str(outbox))
     assert con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     con.close()
+
+
+def test_bounded_retries_park_a_block_until_the_kme_answers_again(tmp_path) -> None:
+    import socket
+    import time
+
+    import zmq
+
+    from kms_bridge.bridge import BridgeNode, BridgeServer
+
+    with socket.socket() as s:  # a loopback port with nobody listening (yet)
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    server_pub, server_sec = zmq.curve_keypair()
+    node_pub, node_sec = zmq.curve_keypair()
+    sink = _RecordingSink()
+    node = BridgeNode(
+        str(tmp_path / "outbox.sqlite"),
+        endpoint,
+        server_pub,
+        node_pub,
+        node_sec,
+        "l",
+        ack_timeout=0.02,
+        max_attempts=3,
+        backoff_max=0.05,
+        heartbeat_interval=0.1,
+    )
+    srv = None
+    try:
+        keys = _keys(4)
+        node.push(7, keys, {})
+        deadline = time.monotonic() + 5
+        while node.health()["parked"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        health = node.health()
+        assert health["parked"] == 1 and health["pending"] == 1 and not health["connected"]
+        assert node.counters["send_blocked"] == 3  # exactly max_attempts tries, then parked
+        srv = BridgeServer(sink, endpoint, server_pub, server_sec, {"alice": node_pub})
+        srv.start()
+        assert node.flush(10)  # the first answered heartbeat resumes the parked block
+        assert sink.copies == dict(keys) and node.health()["connected"]
+    finally:
+        node.close()
+        if srv is not None:
+            srv.stop()
