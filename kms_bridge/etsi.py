@@ -9,7 +9,7 @@ certificate, or the policy does not allow this SAE pair) and 503 (server side, e
 enough key material). Every request, delivery and refusal is in the audit log.
 
 The caller's identity is the Common Name of its verified client certificate, which
-:class:`TLSHttpToolsProtocol` (a uvicorn HTTP protocol) puts into the ASGI scope as the
+:class:`TLSHttpProtocol` (a uvicorn HTTP protocol) puts into the ASGI scope as the
 ``tls`` extension, since uvicorn itself does not expose the peer certificate.
 """
 
@@ -128,28 +128,46 @@ def _cn_of(der: bytes | None) -> str | None:
     return str(cns[0].value) if cns else None
 
 
-class TLSHttpToolsProtocol(_BaseProtocol):  # type: ignore[misc,valid-type]
-    """uvicorn HTTP protocol adding ``scope["extensions"]["tls"]`` with the peer certificate.
+def _peer_tls(transport: asyncio.BaseTransport) -> dict[str, Any]:
+    """TLS facts of one connection: the verified client certificate (PEM, CN) and version."""
+    tls: dict[str, Any] = {"client_cert_chain": [], "client_cert_name": None}
+    obj = transport.get_extra_info("ssl_object")
+    if obj is not None:
+        der = obj.getpeercert(binary_form=True)
+        if der:
+            tls["client_cert_chain"] = [ssl.DER_cert_to_PEM_cert(der)]
+            tls["client_cert_name"] = _cn_of(der)
+        tls["tls_version"] = obj.version()
+    return tls
+
+
+def tls_protocol_class(base: type) -> type:
+    """A uvicorn HTTP protocol (h11 or httptools) adding ``scope["extensions"]["tls"]``.
 
     The handshake has already verified the chain against the KME's CA (uvicorn's
-    ``ssl_ca_certs``), so a certificate seen here is a valid one.
+    ``ssl_ca_certs``), so a certificate seen here is a valid one. The facts are read once
+    per connection and put into every request's scope by wrapping the connection's ASGI
+    app, which both uvicorn implementations call through ``self.app``.
     """
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        tls: dict[str, Any] = {"client_cert_chain": [], "client_cert_name": None}
-        obj = transport.get_extra_info("ssl_object")
-        if obj is not None:
-            der = obj.getpeercert(binary_form=True)
-            if der:
-                tls["client_cert_chain"] = [ssl.DER_cert_to_PEM_cert(der)]
-                tls["client_cert_name"] = _cn_of(der)
-            tls["tls_version"] = obj.version()
-        self._tls_ext = tls
+    class _TLSProtocol(base):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            tls = _peer_tls(transport)
+            inner = self.app
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.scope["extensions"] = {"tls": self._tls_ext}
+            async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                scope.setdefault("extensions", {})["tls"] = tls
+                await inner(scope, receive, send)
+
+            self.app = app
+
+    _TLSProtocol.__name__ = _TLSProtocol.__qualname__ = f"TLS{base.__name__}"
+    return _TLSProtocol
+
+
+TLSHttpProtocol = tls_protocol_class(_BaseProtocol)
+"""The protocol the KME serves with: httptools when installed, h11 otherwise."""
 
 
 def caller_identity(request: Request) -> str | None:

@@ -99,7 +99,7 @@ def serve(cfg: KmeConfig, stop: threading.Event | None = None) -> int:
     """Run the KME until ``stop`` is set or a termination signal arrives."""
     import uvicorn
 
-    from kms_bridge.etsi import TLSHttpToolsProtocol, create_app
+    from kms_bridge.etsi import TLSHttpProtocol, create_app
 
     _GracefulServer = _graceful_server_class()
     os.makedirs(cfg.data_dir, exist_ok=True)
@@ -126,7 +126,7 @@ def serve(cfg: KmeConfig, stop: threading.Event | None = None) -> int:
             app = create_app(cfg, sink)
             ucfg = uvicorn.Config(
                 app,
-                http=TLSHttpToolsProtocol,
+                http=TLSHttpProtocol,
                 ssl_certfile=cfg.http_certfile,
                 ssl_keyfile=cfg.http_keyfile,
                 ssl_ca_certs=cfg.http_ca,
