@@ -23,12 +23,14 @@ CHANNEL_MAX = 72
 def channel_to_frequency(channel: int) -> float:
     """Centre frequency in Hz of ITU channel ``channel`` on the 100 GHz grid."""
     if int(channel) != channel or not CHANNEL_MIN <= channel <= CHANNEL_MAX:
-        raise ValueError(f"ITU channel must be an integer {CHANNEL_MIN}..{CHANNEL_MAX}, got {channel}")
+        raise ValueError(
+            f"ITU channel must be an integer {CHANNEL_MIN}..{CHANNEL_MAX}, got {channel}"
+        )
     return GRID_ORIGIN_HZ + int(channel) * GRID_SPACING_HZ
 
 
 def frequency_to_channel(frequency_hz: float, tolerance_hz: float = 1e9) -> int:
-    """Nearest ITU channel to ``frequency_hz``; ``ValueError`` if off-grid by more than the tolerance."""
+    """Nearest ITU channel to ``frequency_hz``; ``ValueError`` if off-grid beyond the tolerance."""
     n = round((frequency_hz - GRID_ORIGIN_HZ) / GRID_SPACING_HZ)
     if abs(channel_to_frequency_unchecked(n) - frequency_hz) > tolerance_hz or not (
         CHANNEL_MIN <= n <= CHANNEL_MAX

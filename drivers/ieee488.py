@@ -31,7 +31,8 @@ def block_header_length(data: bytes | bytearray | memoryview, start: int = 0) ->
     n_char = view[1:2]
     if not n_char.isdigit() or n_char == b"0":
         raise BlockError(
-            "indefinite-length (#0) or malformed block header; only definite-length blocks are accepted"
+            "indefinite-length (#0) or malformed block header; "
+            "only definite-length blocks are accepted"
         )
     n = int(n_char)
     digits = view[2 : 2 + n]

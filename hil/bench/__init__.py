@@ -41,7 +41,7 @@ class Row:
 
 
 def best_time(func: Callable[[], Any], repeat: int = 5, min_time: float = 0.0) -> float:
-    """Best wall time in seconds of ``func()`` over ``repeat`` runs (at least ``min_time`` total)."""
+    """Best wall time in seconds of ``func()`` over at least ``repeat`` runs and ``min_time``."""
     best = math.inf
     spent = 0.0
     runs = 0
