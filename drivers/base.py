@@ -229,6 +229,8 @@ class Instrument:
     role: ClassVar[str] = ""
     read_termination: ClassVar[str] = "\n"
     write_termination: ClassVar[str] = "\n"
+    #: Append ``;*OPC?`` to queries so a refused query fails fast (see :meth:`query`).
+    opc_guard: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -296,14 +298,25 @@ class Instrument:
             self.check_errors(command)
 
     def query(self, command: str) -> str:
-        """Send a query and return its reply, stripped; a refused query raises."""
+        """Send a query and return its reply, stripped; a refused query raises.
+
+        With :attr:`opc_guard` the query goes out as ``<command>;*OPC?``: the instrument
+        always answers (``<value>;1``, or only ``1`` if it refused the query), so a refused
+        query raises at once with the instrument's error instead of waiting for a timeout.
+        """
         self._trace(">", command)
+        wire = f"{command};*OPC?" if self.opc_guard else command
         try:
-            reply = self.resource.query(command)
+            reply = self.resource.query(wire)
         except pyvisa.errors.VisaIOError as exc:
             self._raise_pending(command, str(exc))
             raise  # not reached
         reply = reply.strip()
+        if self.opc_guard:
+            value, sep, _ = reply.rpartition(";")
+            if not sep:
+                self._raise_pending(command, f"no reply (instrument answered {reply!r})")
+            reply = value.strip()
         self._trace("<", reply)
         return reply
 
@@ -349,24 +362,35 @@ class Instrument:
         """
         self._trace(">", command)
         res = self.resource
+        term = self.read_termination.encode()
+        refused = False
+        not_block = b""
+        payload = b""
         try:
-            res.write(command)
+            res.write(f"{command};*OPC?" if self.opc_guard else command)
             with self._no_termchar():
                 head = bytes(res.read_bytes(2))
-                if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
-                    rest = b""
-                    with contextlib.suppress(Exception):
-                        rest = bytes(res.read_raw())
-                    shown = (head + rest)[:40]
-                    raise BlockError(f"reply is not a definite-length block: {shown!r}")
-                n = int(head[1:2])
-                size = int(bytes(res.read_bytes(n)))
-                payload = bytes(res.read_bytes(size)) if size else b""
-                term = self.read_termination.encode()
-                if term:
-                    tail = bytes(res.read_bytes(len(term)))
-                    if tail != term:
-                        raise BlockError(f"block not followed by the termination: {tail!r}")
+                if self.opc_guard and head == b"1" + term[:1]:
+                    if len(term) > 1:
+                        res.read_bytes(len(term) - 1)
+                    refused = True
+                elif head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
+                    not_block = head
+                else:
+                    n = int(head[1:2])
+                    size = int(bytes(res.read_bytes(n)))
+                    payload = bytes(res.read_bytes(size)) if size else b""
+                    expected = (b";1" if self.opc_guard else b"") + term
+                    if expected:
+                        tail = bytes(res.read_bytes(len(expected)))
+                        if tail != expected:
+                            raise BlockError(f"block followed by {tail!r}, expected {expected!r}")
+            if not_block:  # read the rest of the text reply, with the termination back on
+                rest = b""
+                with contextlib.suppress(Exception):
+                    rest = bytes(res.read_raw())
+                shown = (not_block + rest)[:40]
+                raise BlockError(f"reply is not a definite-length block: {shown!r}")
         except pyvisa.errors.VisaIOError as exc:
             self._raise_pending(command, str(exc))
             raise  # not reached
@@ -374,6 +398,8 @@ class Instrument:
             with contextlib.suppress(Exception):
                 res.clear()
             raise InstrumentError(self.resource_name, command, None, f"bad block: {exc}") from exc
+        if refused:  # (the termination character is back on for SYST:ERR?)
+            self._raise_pending(command, "no reply (instrument answered only *OPC?)")
         self._trace("<", f"<block {len(payload)} bytes>")
         return payload
 
@@ -382,8 +408,9 @@ class Instrument:
         prefix = command.rstrip()
         sep = b"" if prefix.endswith(",") else b" "
         self._trace(">", f"{prefix}{sep.decode()}<block {len(payload)} bytes>")
-        message = prefix.encode("ascii") + sep + encode_block(payload)
-        message += self.write_termination.encode()
+        message = b"".join(
+            (prefix.encode("ascii"), sep, encode_block(payload), self.write_termination.encode())
+        )
         try:
             self.resource.write_raw(message)
         except pyvisa.errors.VisaIOError as exc:
@@ -431,9 +458,20 @@ class Instrument:
         return found
 
     def snapshot(self) -> dict[str, Any]:
-        """Every declared readable property, read from the instrument now."""
+        """Every declared readable property, read from the instrument now.
+
+        Settings must read back (an error raises); a reading the instrument cannot give
+        at this moment (e.g. an OTDR result before any scan) is recorded as ``None``.
+        """
         out: dict[str, Any] = {"idn": self.idn}
         for name, ctl in self.controls().items():
-            if ctl.get_cmd is not None:
+            if ctl.get_cmd is None:
+                continue
+            if ctl.set_cmd is not None:
                 out[name] = getattr(self, name)
+                continue
+            try:
+                out[name] = getattr(self, name)
+            except InstrumentError:
+                out[name] = None
         return out

@@ -22,7 +22,7 @@ import pyvisa
 
 from drivers.base import Instrument, InstrumentError
 
-__all__ = ["DiconSwitch", "OpticalSwitch", "parse_ports"]
+__all__ = ["DiconSwitch", "OpticalSwitch", "SerialSwitch", "parse_ports"]
 
 
 def parse_ports(reply: str) -> list[int]:
@@ -226,3 +226,7 @@ class DiconSwitch:
 
     def snapshot(self) -> dict[str, Any]:
         return {"idn": self.idn, "ports": self.ports, "port": self.port}
+
+
+SerialSwitch = DiconSwitch
+"""Alias: the serial (DiCon-style) switch driver under its role-neutral name."""

@@ -329,6 +329,10 @@ _COUNTER = itertools.count(1)
 _WORLD_PREFIX = "qkdsim-world:"
 
 
+_WORLD_KEYS = {"seed", "transmitter", "switch", "otdr", "links", "scenario"}
+"""Top-level keys of a bare world config (docs/emulator.md)."""
+
+
 def _config_from_file(path: str) -> tuple[dict[str, Any] | None, bool]:
     """``(world config, is_plain_pyvisa_sim_spec)`` of a YAML file."""
     try:
@@ -347,6 +351,11 @@ def _config_from_file(path: str) -> tuple[dict[str, Any] | None, bool]:
         return section, False
     if "devices" in data and "spec" in data:
         return None, True
+    if not set(data) <= _WORLD_KEYS:
+        raise ValueError(
+            f"@qkdsim: {path} has no 'emulator:' section and is not a world config "
+            "(a bench file of real instruments cannot be emulated)"
+        )
     return data, False
 
 
@@ -471,7 +480,12 @@ def resource_manager(world: WorldLike) -> pyvisa.ResourceManager:
     """A ResourceManager whose resources are ``world.instruments()`` (for tests and runs)."""
     token = f"{_WORLD_PREFIX}{next(_COUNTER)}:{id(world):x}"
     _WORLDS[token] = world
-    lib = QkdSimVisaLibrary(token)
+    try:
+        lib = QkdSimVisaLibrary(token)
+    finally:
+        _WORLDS.pop(token, None)
+    # Not kept in pyvisa's library registry: the world lives exactly as long as its manager.
+    VisaLibraryBase._registry.pop((QkdSimVisaLibrary, lib.library_path), None)
     return pyvisa.ResourceManager(lib)
 
 

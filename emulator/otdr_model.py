@@ -227,9 +227,9 @@ def synthesise(settings: OtdrSettings, path: FibrePath, rng: np.random.Generator
 def _exp_tail(x: np.ndarray, decay: float, gain: float) -> np.ndarray:
     """Causal one-pole response ``y[k] = gain * sum_{j<=k} x[j] decay^(k-j)`` (FFT)."""
     n = x.shape[0]
-    m = min(n, int(math.ceil(40.0 / max(-math.log(decay), 1e-12))) + 1)
+    m = min(n, math.ceil(40.0 / max(-math.log(decay), 1e-12)) + 1)
     kernel = gain * decay ** np.arange(m)
-    size = 1 << int(math.ceil(math.log2(n + m)))
+    size = 1 << math.ceil(math.log2(n + m))
     return np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(kernel, size), size)[:n]
 
 

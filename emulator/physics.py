@@ -33,6 +33,10 @@ PHASES = 1024
 KAISER_BETA = 9.0
 """Kaiser window shape (interpolation error about -94 dB up to 0.4 fs with 32 taps)."""
 
+PHASE_BLOCK = 16
+"""Laser phase noise is drawn once per 16 ADC samples and interpolated linearly inside: the
+Wiener phase spectrum above fs/32 is negligible for kHz-MHz linewidths."""
+
 ADC_BITS = 12
 ADC_LSB_SHIFT = 16 - ADC_BITS
 """The 12-bit code is left-justified in int16 (raw = code * 16), as on Tektronix scopes."""
@@ -70,26 +74,32 @@ def _resample_kernel(
     dphase: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """out[m] = amp * x(u0 + m*ratio) * exp(i*(phase0 + m*cfo + sum(dphase[:m]))).
+    """out[m] = amp * x(u0 + m*ratio) * exp(i*phi[m]), phi = phase0 + m*cfo + phase walk.
 
     ``xr``/``xi`` hold the periodic sequence padded with ``taps`` wrapped samples on each
-    side. The carrier is advanced by complex rotation and re-anchored to the exactly
-    accumulated float64 phase every 256 samples.
+    side. ``dphase[b]`` is the phase-walk increment over block ``b`` of ``PHASE_BLOCK``
+    samples, spread linearly over the block. The carrier is re-anchored to the exactly
+    accumulated float64 phase at every block start and advanced by complex rotation inside.
     """
     taps = table.shape[1]
     phases = table.shape[0] - 1
     half = taps // 2
     two_pi = 2.0 * math.pi
-    cc = math.cos(cfo_rad_per_sample)
-    ss = math.sin(cfo_rad_per_sample)
     ph = phase0
     c = 1.0
     s = 0.0
+    c2 = 1.0
+    s2 = 0.0
     for m in range(out.shape[0]):
-        if (m & 255) == 0:
+        if m % PHASE_BLOCK == 0:
             ph = ph % two_pi
             c = math.cos(ph)
             s = math.sin(ph)
+            d = dphase[m // PHASE_BLOCK]
+            step = cfo_rad_per_sample + d / PHASE_BLOCK
+            c2 = math.cos(step)
+            s2 = math.sin(step)
+            ph += PHASE_BLOCK * cfo_rad_per_sample + d
         u = u0 + m * ratio
         fl = math.floor(u)
         frac = u - fl
@@ -108,13 +118,7 @@ def _resample_kernel(
             ar += wj * xr[base + j]
             ai += wj * xi[base + j]
         out[m] = complex(amp * (ar * c - ai * s), amp * (ar * s + ai * c))
-        d = dphase[m]
-        cd = 1.0 - 0.5 * d * d
-        sd = d - d * d * d / 6.0
-        c2 = cc * cd - ss * sd
-        s2 = ss * cd + cc * sd
         c, s = c * c2 - s * s2, c * s2 + s * c2
-        ph += cfo_rad_per_sample + d
 
 
 class PeriodicWaveform:
@@ -151,12 +155,16 @@ def resample_periodic(
     """Band-limited samples of the periodic sequence ``x`` at positions ``u0 + m * ratio``.
 
     Positions are in units of ``x``'s sample interval; optionally scaled by ``amp`` and
-    rotated by a carrier offset and a phase-noise walk (``dphase`` = per-sample increments,
-    the phase at sample m includes ``dphase[:m]``). Returns complex64 of length ``n_out``.
+    rotated by a carrier offset and a phase-noise walk (``dphase`` = increments per block of
+    ``PHASE_BLOCK`` samples, see :func:`wiener_increments`). Returns complex64 of length
+    ``n_out``.
     """
     wf = x if isinstance(x, PeriodicWaveform) else PeriodicWaveform(x)
+    n_blocks = -(-n_out // PHASE_BLOCK)
     if dphase is None:
-        dphase = np.zeros(n_out, dtype=np.float32)
+        dphase = np.zeros(n_blocks, dtype=np.float32)
+    if dphase.shape[0] < n_blocks:
+        raise ValueError(f"dphase has {dphase.shape[0]} blocks, {n_blocks} needed")
     out = np.empty(n_out, dtype=np.complex64)
     _resample_kernel(
         wf.xr,
@@ -289,10 +297,15 @@ def detect(
 def wiener_increments(
     n: int, linewidth_hz: float, fs: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Per-sample phase increments (float32) of a Lorentzian laser: variance 2 pi dnu / fs."""
+    """Phase increments (float32) of a Lorentzian laser for ``n`` samples at ``fs``.
+
+    One increment per block of ``PHASE_BLOCK`` samples, variance
+    ``2 pi linewidth * PHASE_BLOCK / fs`` (a Wiener process sampled at fs / PHASE_BLOCK).
+    """
+    n_blocks = -(-n // PHASE_BLOCK)
     if linewidth_hz <= 0.0:
-        return np.zeros(n, dtype=np.float32)
-    std = math.sqrt(2.0 * math.pi * linewidth_hz / fs)
-    d = rng.standard_normal(n, dtype=np.float32)
+        return np.zeros(n_blocks, dtype=np.float32)
+    std = math.sqrt(2.0 * math.pi * linewidth_hz * PHASE_BLOCK / fs)
+    d = rng.standard_normal(n_blocks, dtype=np.float32)
     d *= np.float32(std)
     return d

@@ -810,12 +810,15 @@ class World:
             lo_w = lo_power_w if lo_on else 0.0
             noise_var = 1.0
             sig = None
-            emitting = em.power_w > 0.0 and em.waveform is not None and T > 0.0
+            # the signal (and its excess noise) is seen only when the LO beats it in band
+            emitting = (
+                em.power_w > 0.0 and em.waveform is not None and T > 0.0 and abs(cfo) < 0.5 * fs
+            )
             if shutter_open:
                 noise_var += det.eta * self.raman_photons(link.name, f_lo)
                 if emitting:
                     noise_var += det.eta * T * (link.excess_noise + link.tap_noise()) / 2.0
-            if emitting and abs(cfo) < 0.5 * fs:
+            if emitting:
                 wf = em.waveform
                 assert wf is not None
                 photons_per_s = em.power_w / grid.photon_energy(f_tx)

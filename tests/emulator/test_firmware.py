@@ -78,7 +78,7 @@ def test_transmitter_tuning_upload_and_output(fw) -> None:
     n = 1000
     iq = (np.arange(2 * n) % 200 - 100).astype("<i2") * 100
     tx.handle(b"TRAC1:DEF 1,%d" % n)
-    tx.handle(b"TRAC1:DATA 1,0," + encode_block(iq[: n].tobytes()))  # first half
+    tx.handle(b"TRAC1:DATA 1,0," + encode_block(iq[:n].tobytes()))  # first half
     tx.handle(b"TRAC1:DATA 1,%d," % (n // 2) + encode_block(iq[n:].tobytes()))
     assert _err(tx) == 0
     tx.handle(b"TRAC1:DATA 1,900," + encode_block(iq[:800].tobytes()))  # overruns the segment
@@ -110,7 +110,9 @@ def test_receiver_transfer_formats(fw) -> None:
     part = np.frombuffer(decode_block(rx.handle(b"CURV?"))[0], "<i2")
     assert np.array_equal(part, sri[10:20])
     assert rx.handle(b"WFMO:NR_PT?") == b"10\n"
-    ymul, yoff, yzer, xinc = (float(v) for v in rx.handle(b"WFMO:YMUL?;YOFF?;YZER?;XINC?").split(b";"))
+    ymul, yoff, yzer, xinc = (
+        float(v) for v in rx.handle(b"WFMO:YMUL?;YOFF?;YZER?;XINC?").split(b";")
+    )
     assert ymul > 0 and yoff == 0 and yzer == 0 and xinc == pytest.approx(1e-9)
     assert float(rx.handle(b"CAL:EFF?")) == pytest.approx(0.65)
     assert rx.handle(b"SENS:LO:CHAN?") == b"34\n" and rx.handle(b"INP:STAT?") == b"1\n"

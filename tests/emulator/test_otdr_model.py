@@ -44,7 +44,9 @@ def test_events_found_by_the_instrument_within_half_the_pulse_length() -> None:
     kinds = [e.type for e in a.events]
     assert kinds == [om.EVENT_NONREFLECTIVE, om.EVENT_REFLECTIVE, om.EVENT_END]
     splice, conn, end = a.events
-    assert abs(splice.location_m - 5000.0) <= half and splice.loss_db == pytest.approx(0.3, abs=0.05)
+    assert abs(splice.location_m - 5000.0) <= half and splice.loss_db == pytest.approx(
+        0.3, abs=0.05
+    )
     assert abs(conn.location_m - 12000.0) <= half and conn.loss_db == pytest.approx(0.6, abs=0.05)
     assert conn.reflectance_db == pytest.approx(-40.0, abs=1.0)
     assert np.isnan(splice.reflectance_db)

@@ -108,7 +108,11 @@ def _session(world: World) -> list[bytes]:
         b"CURV?",
         b"DATA:SOUR CH2;CURV?",
     ):
-        out.append(tx.handle(msg) if msg.startswith((b"SOUR", b"TRAC", b"INIT", b"SENS")) else rx.handle(msg))
+        out.append(
+            tx.handle(msg)
+            if msg.startswith((b"SOUR", b"TRAC", b"INIT", b"SENS"))
+            else rx.handle(msg)
+        )
     out.append(fw[PM].handle(b"READ1:POW?"))
     return out
 
@@ -169,7 +173,8 @@ def test_scenario_timeline_fires_as_the_clock_passes(tmp_path) -> None:
         "  - {at_s: 1, action: classical, link: link1, channel: 38, power_dbm: 3}\n"
         "  - {at_s: 8, action: remove, link: link1, position_km: 2.0, kind: bend}\n"
         "  - {at_s: 9, action: drift, which: tx, delta_hz: 1.0e+6}\n"
-        "  - {at_s: 12, action: tap, link: link1, position_km: 3, loss_db: 0.2, excess_noise: 0.02}\n"
+        "  - {at_s: 12, action: tap, link: link1, position_km: 3, loss_db: 0.2,"
+        " excess_noise: 0.02}\n"
         "  - {at_s: 20, action: cut, link: link1, position_km: 7.5}\n"
     )
     world = World.from_config({**_cfg(), "scenario": str(path)}, seed=4)
@@ -202,8 +207,14 @@ def test_scenario_timeline_fires_as_the_clock_passes(tmp_path) -> None:
         ([{"action": "bend"}], "scenario[0].at_s"),
         ([{"at_s": -1, "action": "bend"}], "scenario[0].at_s"),
         ([{"at_s": 1, "action": "melt"}], "scenario[0].action"),
-        ([{"at_s": 1, "action": "bend", "link": "nope", "position_km": 1, "loss_db": 1}], "scenario[0].link"),
-        ([{"at_s": 1, "action": "bend", "link": "link1", "position_km": 1, "loss_db": -1}], "scenario[0].loss_db"),
+        (
+            [{"at_s": 1, "action": "bend", "link": "nope", "position_km": 1, "loss_db": 1}],
+            "scenario[0].link",
+        ),
+        (
+            [{"at_s": 1, "action": "bend", "link": "link1", "position_km": 1, "loss_db": -1}],
+            "scenario[0].loss_db",
+        ),
         ([{"at_s": 1, "action": "drift", "which": "lo:nope", "delta_hz": 1}], "scenario[0].which"),
         ({"events": [], "extra": 1}, "scenario"),
     ],
@@ -235,7 +246,9 @@ def test_acquisition_starts_at_a_random_instant_of_the_loop() -> None:
         i = np.frombuffer(decode_block(rx.handle(b"DATA:SOUR CH1;CURV?"))[0], "<i2")
         q = np.frombuffer(decode_block(rx.handle(b"DATA:SOUR CH2;CURV?"))[0], "<i2")
         y = np.abs(i.astype(float) + 1j * q)  # |.| removes carrier offset and phase
-        xc = np.fft.ifft(np.fft.fft(y - y.mean()) * np.conj(np.fft.fft(np.abs(x) - np.abs(x).mean())))
+        xc = np.fft.ifft(
+            np.fft.fft(y - y.mean()) * np.conj(np.fft.fft(np.abs(x) - np.abs(x).mean()))
+        )
         lags.append(int(np.argmax(np.abs(xc))))
     assert lags[0] != lags[1]
     assert world.now == pytest.approx(2 * (n / 1e9 + 0.2), rel=1e-3)

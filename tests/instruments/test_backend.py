@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 import pyvisa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyvisa import constants
 
 from drivers.ieee488 import decode_block, encode_block
@@ -284,3 +286,45 @@ def test_default_qkdsim_world_is_fresh_after_close() -> None:
         assert world_of(rm2) is not first
     finally:
         rm2.close()
+
+
+def test_world_is_released_with_its_manager() -> None:
+    import gc
+    import weakref
+
+    world = ToyWorld()
+    ref = weakref.ref(world)
+    rm = resource_manager(world)
+    r = rm.open_resource(TX, read_termination="\n", write_termination="\n")
+    assert "transmitter" in r.query("*IDN?")
+    del r, rm, world
+    gc.collect()
+    assert ref() is None
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" ").replace(b"#", b"")),
+            st.binary(max_size=300).map(encode_block),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(st.integers(1, 64), min_size=1, max_size=8),
+)
+def test_framer_reassembles_any_chunking(parts: list[bytes], cuts: list[int]) -> None:
+    """Messages with blocks holding any byte come out whole however the stream is cut."""
+    messages = [b"CMD " + p + b"\n" for p in parts]
+    stream = b"".join(messages)
+    f = InputFramer()
+    out: list[bytes] = []
+    i = k = 0
+    while i < len(stream):
+        step = cuts[k % len(cuts)]
+        out += f.feed(stream[i : i + step])
+        i += step
+        k += 1
+    assert out == messages
+    assert f.pending == 0

@@ -10,7 +10,8 @@ import pyvisa
 DOC = Path(__file__).resolve().parents[2] / "docs" / "instruments.md"
 
 
-def test_technician_script_runs(capsys) -> None:
+def test_technician_script_runs(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("QKDSIM_SEED", "3")
     text = DOC.read_text(encoding="utf-8")
     script = re.findall(r"```python\n(.*?)```", text, re.S)[0]
     assert 'ResourceManager("@qkdsim")' in script

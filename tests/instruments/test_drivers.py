@@ -8,6 +8,7 @@ pyvisa-py's ``@py`` backend; every test below is written once against the driver
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,22 @@ def test_instrument_error_names_resource_command_and_text(bench: Bench) -> None:
             tx.write("SOUR1:POW 50")
 
 
+def test_refused_query_fails_fast_with_the_instrument_error(bench: Bench) -> None:
+    # the driver's ;*OPC? guard: no VISA timeout (20 s here) even over a raw TCP socket
+    with _open(bench, "transmitter") as tx:
+        t0 = time.monotonic()
+        with pytest.raises(InstrumentError) as info:
+            tx.query("SOUR1:NOSUCH?")
+        assert info.value.code == -113
+        with pytest.raises(InstrumentError) as info:
+            tx.query_block("SOUR1:NOSUCH?")
+        assert info.value.code == -113
+        assert time.monotonic() - t0 < 10
+        assert tx.idn.startswith("cvqkd-hil")  # the session is still in step
+    with _open(bench, "otdr") as otdr, pytest.raises(InstrumentError, match="not a definite"):
+        otdr.query_block("SENS:IOR?")  # a text reply where a block was expected
+
+
 def test_snapshot_lists_every_property(bench: Bench) -> None:
     with _open(bench, "transmitter") as tx:
         snap = tx.snapshot()
@@ -139,6 +156,12 @@ def test_snapshot_lists_every_property(bench: Bench) -> None:
     with _open(bench, "receiver") as rx:
         snap = rx.snapshot()
         assert 0 < snap["efficiency"] <= 1
+    with _open(bench, "otdr") as otdr:
+        snap = otdr.snapshot()
+        assert snap["attenuation_db_per_km"] is None  # no scan yet: not an error
+        assert snap["ior"] > 1
+    with _open(bench, "powermeter") as pm:
+        assert pm.snapshot()["unit"] in ("DBM", "W")
 
 
 def test_upload_and_capture(bench: Bench) -> None:
@@ -224,3 +247,21 @@ def test_dicon_serial_switch(transport: str) -> None:
         b.rm.close()
         if handle is not None:
             handle.close()
+
+
+@pytest.mark.hardware
+def test_real_instruments_identify_and_snapshot(bench_file: str) -> None:
+    """Read-only check of a bench of real instruments (``pytest --bench FILE``)."""
+    import yaml
+
+    with open(bench_file, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    rm = pyvisa.ResourceManager(data.get("visa_library") or "")
+    try:
+        for name, inst in (data.get("instruments") or {}).items():
+            with open_instrument(inst["role"], inst["resource"], rm) as drv:
+                assert drv.idn, name
+                snap = drv.snapshot()
+                assert snap, name
+    finally:
+        rm.close()

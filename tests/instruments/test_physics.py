@@ -270,6 +270,11 @@ def test_switching_moves_the_signal_to_the_other_receiver() -> None:
         # the lit receiver sees tens of SNU; the dark one only vacuum: zero within 5 se
         assert v_lit > 100 * se_lit
         assert abs(v_dark) < 5 * se_dark, (port, v_dark, se_dark)
+    # an LO on the neighbouring ITU channel (100 GHz away) beats nothing in band
+    _ok(fw[SWITCH], b"ROUT1:CHAN1 A,1")
+    _ok(rx1, b"SENS:LO:CHAN 35")
+    v_off, se_off = _received_modulation(rx1, points)
+    assert abs(v_off) < 5 * se_off, (v_off, se_off)
 
 
 def test_excess_noise_of_a_tap_and_raman_arrive_as_eta_t_xi_over_2() -> None:
@@ -311,3 +316,65 @@ def test_excess_noise_of_a_tap_and_raman_arrive_as_eta_t_xi_over_2() -> None:
     n_r = 2e-4 * 10.0 * 10.0 * 10.0 ** (-(0.2 * 10.0 + 0.5) / 10.0)
     x, se = excess()
     assert abs(x - eta * n_r) < 5 * se, (x, eta * n_r, se)
+
+
+def test_in_band_noise_with_signal_is_vacuum_plus_excess_only() -> None:
+    """An ideal receiver (known waveform, cyclic capture) finds no noise beyond 1 + v_el +
+    eta T xi / 2 under a strong signal: interpolation, modulation and quantisation add none.
+
+    Clocks and lasers are set ideal (no offsets, no phase noise) so a capture of exactly one
+    waveform period is a cyclic copy of it: Y_k = c(f_k) X_k e^{2 pi i f_k u0} + noise_k,
+    with a smooth complex response c (the analogue filter) fitted by least squares.
+    """
+    cfg = {
+        "transmitter": {"detuning_hz": 0.0, "linewidth_hz": 0.0, "ppm": 0.0},
+        "links": [
+            {
+                "fibre": {"length_km": 1.0, "attenuation_db_per_km": dict(FLAT)},
+                "excess_noise": 0.2,
+                "receiver": {"lo_detuning_hz": 0.0, "lo_linewidth_hz": 0.0, "ppm": 0.0},
+            }
+        ],
+    }
+    world = World.from_config(cfg, seed=16)
+    fw = world.instruments()
+    tx, rx = fw[TX], fw["TCPIP0::qkdsim-rx1::inst0::INSTR"]
+    n = 1 << 19
+    rng = np.random.default_rng(5)
+    f = np.fft.fftfreq(n) * 1e9
+    spec = np.where(np.abs(f) < 137e6, rng.standard_normal(n) + 1j * rng.standard_normal(n), 0)
+    x = np.fft.ifft(spec)
+    x *= 6000 / np.sqrt(np.mean(np.abs(x) ** 2))
+    iq = np.stack([np.round(x.real), np.round(x.imag)], axis=1).astype("<i2")
+    _ok(tx, b"SOUR1:POW:STAT ON;OUTP1 ON;OUTP:ATT 52;TRAC1:DEF 1,%d" % n)
+    _ok(tx, b"TRAC1:DATA 1,0," + encode_block(iq.tobytes()))
+    _ok(tx, b"INIT:IMM")
+    xk = np.fft.fft(iq[:, 0] + 1j * iq[:, 1].astype(np.float64))
+    yk = np.fft.fft(_capture(rx, n))
+    _ok(rx, b"INP:STAT OFF")
+    vk = np.fft.fft(_capture(rx, n))
+    _ok(rx, b"SENS:LO:STAT OFF")
+    ek = np.fft.fft(_capture(rx, n))
+    band = np.abs(f) < 130e6
+    fb, yb, xb = f[band], yk[band], xk[band]
+    k0 = int(np.argmax(np.abs(np.fft.ifft(yk * np.conj(xk)))))
+
+    def corr(d: float) -> float:
+        return abs(np.sum(yb * np.conj(xb) * np.exp(2j * np.pi * fb * d / 1e9)))
+
+    lo, hi = k0 - 1.0, k0 + 1.0  # golden-section search of the fractional delay
+    for _ in range(50):
+        m1, m2 = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+        lo, hi = (lo, m2) if corr(m1) > corr(m2) else (m1, hi)
+    basis = np.vander(fb / 1.3e8, 7) * (xb * np.exp(-2j * np.pi * fb * (lo + hi) / 2e9))[:, None]
+    coef = np.linalg.lstsq(basis, yb, rcond=None)[0]
+    resid = np.sum(np.abs(yb - basis @ coef) ** 2)
+    vac, el = np.sum(np.abs(vk[band]) ** 2), np.sum(np.abs(ek[band]) ** 2)
+    excess = (resid - vac) / (vac - el)
+    signal = np.sum(np.abs(basis @ coef) ** 2) / (vac - el)
+    assert signal > 3.0  # per mode: a strong signal, so signal-dependent noise would show
+    t = world.truth()
+    expected = t["eta"] * t["T"] * 0.2 / 2
+    # resid and vac are sums of `bins` exponential values: se = sqrt(2 / bins) of one SNU
+    se = math.sqrt(2.0 / band.sum()) * vac / (vac - el)
+    assert abs(excess - expected) < 5 * se, (excess, expected, se)

@@ -11,7 +11,8 @@ import pyvisa
 
 
 @pytest.fixture
-def bench():
+def bench(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("QKDSIM_SEED", "7")  # fixed seed; the backend string stays "@qkdsim"
     rm = pyvisa.ResourceManager("@qkdsim")
     opened = {}
     for name in rm.list_resources():
