@@ -57,6 +57,17 @@ class NoiseCalibration:
     n_shot: int
     n_el: int
 
+    @property
+    def n0_rel_stderr(self) -> float:
+        """Relative standard error of ``n0``.
+
+        ``N0 = V_shot - V_el``; a per-quadrature variance from ``k`` complex Gaussian samples
+        has relative variance ``1 / k``, so
+        ``(SE(N0) / N0)^2 = (1 + v_el)^2 / n_shot + v_el^2 / n_el``. An error ``e`` in ``N0``
+        scales ``T-hat`` by ``1 - e`` and shifts ``xi-hat`` by ``-2 e / (eta T)``.
+        """
+        return math.sqrt((1 + self.v_el) ** 2 / self.n_shot + self.v_el**2 / self.n_el)
+
 
 def noise_samples(
     i_raw: np.ndarray,
@@ -80,7 +91,7 @@ def noise_samples(
     n_fft = fft_length(x.size, fmt)
     spec = spectrum(x, n_fft)
     del x
-    shift = int(round(cfo_hz / fmt.adc_rate_hz * n_fft))
+    shift = round(cfo_hz / fmt.adc_rate_hz * n_fft)
     y2, _ = matched_filter(spec, fmt, shift_bins=shift)
     edge = 256
     valid = (i_raw.size * 2) // fmt.sps_adc
@@ -131,5 +142,10 @@ def calibrate(
         )
     v, se, n0 = estimate_electronic_noise(ye, ys)
     return NoiseCalibration(
-        n0=float(n0), v_el=float(v), eta=float(eta), v_el_stderr=float(se), n_shot=ys.size, n_el=ye.size
+        n0=float(n0),
+        v_el=float(v),
+        eta=float(eta),
+        v_el_stderr=float(se),
+        n_shot=ys.size,
+        n_el=ye.size,
     )

@@ -98,7 +98,9 @@ class FrameFormat:
             return FrameFormatError(f"frame format field {name!r}: {why}")
 
         if self.version != FRAME_FORMAT_VERSION:
-            raise bad("version", f"{self.version} is not supported (expected {FRAME_FORMAT_VERSION})")
+            raise bad(
+                "version", f"{self.version} is not supported (expected {FRAME_FORMAT_VERSION})"
+            )
         for name in ("dac_rate_hz", "adc_rate_hz", "symbol_rate_hz"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -106,7 +108,9 @@ class FrameFormat:
         for name in ("dac_rate_hz", "adc_rate_hz"):
             ratio = getattr(self, name) / self.symbol_rate_hz
             if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 2:
-                raise bad(name, f"must be an integer multiple >= 2 of the symbol rate (got {ratio:g})")
+                raise bad(
+                    name, f"must be an integer multiple >= 2 of the symbol rate (got {ratio:g})"
+                )
         if not 0.0 < self.rolloff <= 1.0:
             raise bad("rolloff", f"must be in (0, 1], got {self.rolloff}")
         if self.preamble_length < 31 or self.preamble_length % 2 == 0:
@@ -124,7 +128,9 @@ class FrameFormat:
                 f"quantum band edge {edge / 1e6:g} MHz",
             )
         if hi >= 0.45 * min(self.adc_rate_hz, self.dac_rate_hz):
-            raise bad("pilot_offset_hz", f"pilot search window reaches {hi / 1e6:g} MHz, too near Nyquist")
+            raise bad(
+                "pilot_offset_hz", f"pilot search window reaches {hi / 1e6:g} MHz, too near Nyquist"
+            )
         cycles = self.pilot_offset_hz * self.frame_samples / self.dac_rate_hz
         if abs(cycles - round(cycles)) > 1e-6:
             raise bad(

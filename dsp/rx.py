@@ -1,25 +1,29 @@
 """Bob's receiver DSP: raw ADC samples in, calibrated symbols in shot-noise units out.
 
-Every stage is a function usable alone; :func:`process_frame` chains them:
+Every stage is a function usable alone; :func:`process_frame` chains them (docs/dsp.md):
 
 1. :func:`check_clipping`, :func:`to_complex` - raw int16 I/Q to complex64 volts, DC removed.
-2. :func:`spectrum` - one FFT of the whole capture (complex64, 5-smooth length).
-3. :func:`find_pilots` - carrier-frequency offset (CFO) from the two pilot peaks (coarse).
-4. :func:`extract_pilots` - band-pass each pilot to baseband, decimated.
+2. :func:`spectrum` - one FFT of the whole record (complex64, 7-smooth length).
+3. :func:`find_pilots`, :func:`pilot_snr` - carrier-frequency offset (coarse) from the two
+   pilot lines, and their strength.
+4. :func:`extract_pilots` - each pilot to baseband through the Wiener phase smoother,
+   decimated.
 5. :func:`recover_clock` - DAC/ADC clock ratio from the pilots' phase difference (free of
-   laser phase noise) and the exact CFO.
-6. :func:`carrier_phase`, :func:`derotate` - pilot-aided phase recovery (CFO + laser phase
-   noise) at the full ADC rate.
-7. :func:`matched_filter` - RRC matched filter and decimation to 2 samples/symbol in the
-   frequency domain (exact, no truncated taps).
+   laser phase noise) and the carrier offset.
+6. :func:`estimate_linewidth`, :func:`pilot_halfwidth`, :func:`carrier_phase`,
+   :func:`derotate` - pilot-aided phase recovery (carrier offset + laser phase noise) at the
+   full ADC rate, with the smoother matched to the measured linewidth and pilot SNR.
+7. :func:`taper_edges`, :func:`matched_filter` - RRC matched filter and decimation to
+   2 samples/symbol in the frequency domain (exact response, no truncated taps).
 8. :func:`coarse_timing` - correlation with the Zadoff-Chu preamble (frame sync).
-9. :func:`fine_timing`, :func:`sample_symbols` - fractional timing and interpolation at the
-   clock-corrected symbol instants (chunked polyphase interpolation, 1 sample/symbol).
+9. :func:`fine_timing`, :func:`sample_symbols` - fractional timing, then polyphase
+   interpolation at the clock-corrected instants of every slot of the looping frame.
 10. :func:`preamble_gain`, :func:`global_phase` - residual global phase from the preamble and
     from revealed symbols.
 
-All heavy arrays are complex64; the largest live arrays are the capture and its spectrum
-(8 bytes per ADC sample each), so a 1e6-symbol frame stays well under 0.5 GB.
+:func:`phase_noise_excess` predicts what laser phase noise costs (tracking residual and the
+pilots' Lorentzian skirts in the quantum band). All heavy arrays are complex64; the whole
+record is processed at once (about 190 MB per 1e6-symbol frame on top of the imports).
 """
 
 from __future__ import annotations
@@ -126,9 +130,24 @@ def to_complex(
 
 
 def fft_length(n: int, fmt: FrameFormat) -> int:
-    """FFT length >= ``n``: 5-smooth and a multiple of ``2 * sps_adc`` (2-sps decimation)."""
+    """Smallest ``2^a 3^b 5^c 7^d >= n`` that is a multiple of ``2 * sps_adc`` (fast FFTs)."""
     m = 2 * fmt.sps_adc
-    return m * sfft.next_fast_len(-(-n // m))
+    best = 1 << max(0, (n - 1).bit_length())
+    p7 = 1
+    while p7 < 2 * n:
+        p5 = p7
+        while p5 < 2 * n:
+            p3 = p5
+            while p3 < 2 * n:
+                size = p3
+                while size < n:
+                    size *= 2
+                if size % m == 0 and size < best:
+                    best = size
+                p3 *= 3
+            p5 *= 5
+        p7 *= 7
+    return best
 
 
 def spectrum(x: np.ndarray, n_fft: int, overwrite: bool = False) -> np.ndarray:
@@ -159,7 +178,7 @@ def find_pilots(x_spec: np.ndarray, fmt: FrameFormat) -> PilotSearch:
     n = x_spec.size
     fs = fmt.adc_rate_hz
     half = int(fmt.cfo_range_hz / fs * n)
-    kp = int(round(fmt.pilot_offset_hz / fs * n))
+    kp = round(fmt.pilot_offset_hz / fs * n)
     ks = []
     ratios = []
     for sign in (+1, -1):
@@ -171,7 +190,8 @@ def find_pilots(x_spec: np.ndarray, fmt: FrameFormat) -> PilotSearch:
         if not ratio > 100.0:
             raise NoPilotError(
                 f"no pilot tone near {sign * fmt.pilot_offset_hz / 1e6:+g} MHz "
-                f"(+-{fmt.cfo_range_hz / 1e6:g} MHz): peak only {10 * math.log10(max(ratio, 1e-30)):.1f} dB "
+                f"(+-{fmt.cfo_range_hz / 1e6:g} MHz): peak only "
+                f"{10 * math.log10(max(ratio, 1e-30)):.1f} dB "
                 "above the noise floor; is the transmitter playing this frame format?"
             )
         ks.append(sign * kp - half + j)
@@ -221,7 +241,9 @@ def extract_pilots(
     """
     n = x_spec.size
     fs = fmt.adc_rate_hz
-    gap = min(fmt.pilot_offset_hz - fmt.band_edge_hz, fs - 2 * fmt.pilot_offset_hz, fmt.pilot_offset_hz)
+    gap = min(
+        fmt.pilot_offset_hz - fmt.band_edge_hz, fs - 2 * fmt.pilot_offset_hz, fmt.pilot_offset_hz
+    )
     support = min(5.0 * halfwidth_hz, 0.4 * gap)
     k = max(8, int(support / fs * n))
     n_dec = sfft.next_fast_len(int(2.5 * k) + 1)
@@ -379,7 +401,7 @@ def _derotate_kernel(x: np.ndarray, step: float, theta: np.ndarray, nu_c: float)
     j = 0
     k = 0
     while k < n:
-        k_end = min(n, int(math.ceil((j + 1) * step)))
+        k_end = min(n, int(math.ceil((j + 1) * step)))  # noqa: RUF046 (numba)
         if j >= last:
             k_end = n
         # phase at sample k: linear in k within the segment
@@ -426,10 +448,21 @@ def taper_edges(x: np.ndarray, fmt: FrameFormat) -> np.ndarray:
 
 # --------------------------------------------------------------------------- matched filter
 def matched_filter_response(n_fft: int, fmt: FrameFormat) -> np.ndarray:
-    """RRC matched filter on the 2-sps output bins, unit energy at the ADC rate."""
-    n2 = 2 * n_fft // fmt.sps_adc
-    f = sfft.fftfreq(n2, d=1.0 / (2.0 * fmt.symbol_rate_hz))
+    """RRC matched filter, unit energy at the ADC rate, on bins ``0 .. kb - 1`` (positive
+    frequencies of an ``n_fft``-point spectrum up to the band edge); it is even in f."""
+    kb = math.ceil(fmt.band_edge_hz / fmt.adc_rate_hz * n_fft) + 1
+    f = np.arange(kb, dtype=np.float64) * (fmt.adc_rate_hz / n_fft)
     return (np.sqrt(fmt.sps_adc) * fmt.rrc_spectrum(f)).astype(np.float32)
+
+
+def _copy_circular(src: np.ndarray, start: int, out: np.ndarray) -> None:
+    """``out[:] = src[(start + arange(out.size)) % src.size]`` with slice copies only."""
+    n = src.size
+    start %= n
+    first = min(out.size, n - start)
+    out[:first] = src[start : start + first]
+    if first < out.size:
+        out[first:] = src[: out.size - first]
 
 
 def matched_filter(
@@ -438,17 +471,21 @@ def matched_filter(
     """Matched filter + decimation to 2 samples/symbol from a full-rate spectrum.
 
     ``shift_bins`` moves the spectrum down by that many bins first (CFO removal for the
-    calibration captures, which have no pilots). Returns ``(y2, Y2)``: the 2-sps signal
-    (ADC time ``m * sps_adc / 2``) and its spectrum.
+    calibration captures, which have no pilots). Only the bins inside the quantum band are
+    touched (the filter is zero outside). Returns ``(y2, Y2)``: the 2-sps signal (ADC time
+    ``m * sps_adc / 2``) and its spectrum.
     """
     n = x_spec.size
     h = matched_filter_response(n, fmt) if response is None else response
-    n2 = h.size
-    pos = n2 // 2
-    y_spec = np.empty(n2, dtype=np.complex64)
-    src = np.concatenate((np.arange(pos), np.arange(n - (n2 - pos), n))) + shift_bins
-    np.take(x_spec, src % n, out=y_spec)
-    y_spec *= h
+    kb = h.size
+    n2 = 2 * n // fmt.sps_adc
+    y_spec = np.zeros(n2, dtype=np.complex64)
+    pos = y_spec[:kb]
+    _copy_circular(x_spec, shift_bins, pos)
+    pos *= h
+    neg = y_spec[n2 - kb + 1 :]
+    _copy_circular(x_spec, shift_bins - kb + 1, neg)
+    neg *= h[:0:-1]
     y2 = sfft.ifft(y_spec, workers=1)
     y2 *= np.float32(n2 / n)
     return y2, y_spec
@@ -459,8 +496,9 @@ def coarse_timing(y_spec: np.ndarray, fmt: FrameFormat) -> tuple[int, float]:
     """Frame sync: position (2-sps index) of preamble symbol 0 and the peak-to-mean ratio.
 
     Correlates with the Zadoff-Chu symbols at 1 sample/symbol (the inner half of the band,
-    enough for detection); :func:`fine_timing` refines the position on the 2-sps signal. Raises :class:`NoPreambleError` when the
-    correlation peak is not clearly above the background.
+    enough for detection); :func:`fine_timing` refines the position on the 2-sps signal.
+    Raises :class:`NoPreambleError` when the correlation peak is not clearly above the
+    background.
     """
     n2 = y_spec.size
     n1 = n2 // 2
@@ -504,7 +542,7 @@ def _interp_kernel(y: np.ndarray, times: np.ndarray, table: np.ndarray, out: np.
     half = taps // 2
     for m in range(times.size):
         t = times[m]
-        n = int(math.floor(t))
+        n = int(math.floor(t))  # noqa: RUF046 (numba)
         p = int((t - n) * phases + 0.5)
         base = n - half + 1
         accr = 0.0
@@ -582,17 +620,69 @@ def symbol_times(t0: float, clock: ClockEstimate, fmt: FrameFormat, n_avail: int
     return t
 
 
+@numba.njit(cache=True, nogil=True)
+def _sample_cyclic_kernel(
+    y: np.ndarray,
+    t0: float,
+    step: float,
+    period: float,
+    n_avail: int,
+    table: np.ndarray,
+    out: np.ndarray,
+) -> int:
+    """Interpolate every slot at the occurrence farthest from the record's ends.
+
+    Returns the number of slots whose instant falls outside the usable record.
+    """
+    taps = table.shape[1]
+    phases = table.shape[0] - 1
+    half = taps // 2
+    bad = 0
+    for k in range(out.size):
+        c = t0 + k * step
+        t = c - math.floor(c / period) * period
+        later = t + period
+        e1 = min(t, n_avail - 1 - t)
+        e2 = min(later, n_avail - 1 - later)
+        if e2 > e1:
+            t = later
+        if t < taps or t > n_avail - taps:
+            bad += 1
+            out[k] = 0j
+            continue
+        n = int(math.floor(t))  # noqa: RUF046 (numba)
+        p = int((t - n) * phases + 0.5)
+        base = n - half + 1
+        accr = 0.0
+        acci = 0.0
+        for j in range(taps):
+            v = y[base + j]
+            w = table[p, j]
+            accr += w * v.real
+            acci += w * v.imag
+        out[k] = complex(accr, acci)
+    return bad
+
+
 def sample_symbols(
     y2: np.ndarray, t0: float, clock: ClockEstimate, fmt: FrameFormat, n_avail: int | None = None
 ) -> np.ndarray:
     """One complex64 sample per frame slot (slot 0 = first preamble symbol).
 
-    ``n_avail`` is the number of valid 2-sps samples (the record, without FFT padding).
+    Same instants as :func:`symbol_times`, computed on the fly. ``n_avail`` is the number
+    of valid 2-sps samples (the record without FFT padding).
     """
-    table = _interp_table()
-    times = symbol_times(t0, clock, fmt, y2.size if n_avail is None else n_avail)
+    step = 2.0 / clock.ratio
+    avail = y2.size if n_avail is None else min(n_avail, y2.size)
     out = np.empty(fmt.n_symbols, dtype=np.complex64)
-    _interp_kernel(y2, times, table, out)
+    bad = _sample_cyclic_kernel(
+        y2, float(t0), step, fmt.n_symbols * step, int(avail), _interp_table(), out
+    )
+    if bad:
+        raise DspError(
+            f"capture shorter than one frame plus margins ({bad} symbols missing): record "
+            f"at least {fmt.capture_points} points"
+        )
     return out
 
 
@@ -639,6 +729,13 @@ class RxResult:
         Phase-tracking half band used (Hz).
     linewidth_hz : float
         Estimated sum of both lasers' linewidths (Hz).
+    phase_excess : float
+        Predicted excess noise per unit ``V_A`` from laser phase noise
+        (:func:`phase_noise_excess`, tracking plus pilot leakage); diagnostic only, the
+        estimates count it as excess noise like everything else.
+    phase_error_var : float
+        Predicted residual phase-error variance (rad^2) after tracking; it lowers the
+        coherent gain, so T-hat comes out low by about this fraction.
     timings : dict
         Wall time per stage (s); diagnostic only.
     """
@@ -653,6 +750,8 @@ class RxResult:
     pilot_snr: float = 0.0
     tracking_hz: float = 0.0
     linewidth_hz: float = 0.0
+    phase_excess: float = 0.0
+    phase_error_var: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -688,9 +787,50 @@ def pilot_halfwidth(snr: float, fmt: FrameFormat, linewidth_hz: float) -> float:
     of the other pilot (``fs - 2 f_p`` away around the circle).
     """
     fs = fmt.adc_rate_hz
-    gap = min(fmt.pilot_offset_hz - fmt.band_edge_hz, fs - 2 * fmt.pilot_offset_hz, fmt.pilot_offset_hz)
+    gap = min(
+        fmt.pilot_offset_hz - fmt.band_edge_hz, fs - 2 * fmt.pilot_offset_hz, fmt.pilot_offset_hz
+    )
     b = math.sqrt(max(linewidth_hz, 1.0) * fs * max(snr, 1e-6) / math.pi)
     return float(min(max(b, 0.1e6), 0.2 * gap))
+
+
+def phase_noise_excess(
+    fmt: FrameFormat, linewidth_hz: float, snr: float, corner_hz: float
+) -> tuple[float, float]:
+    """Predicted excess noise per unit ``V_A`` from laser phase noise, and its two parts.
+
+    Returns ``(tracking, leakage)``, both as fractions of the quantum signal power, so the
+    excess noise referred to the channel input is ``V_A * (tracking + leakage)``:
+
+    * tracking: the phase error the Wiener smoother leaves (:func:`pilot_halfwidth`):
+      ``dnu / (pi B) * B^2 / (B^2 + ...)``, evaluated exactly for the smoother
+      ``1 / (1 + (f / B)^2)`` as untracked laser phase plus filtered pilot noise;
+    * leakage: each pilot's Lorentzian skirt (power ``dnu / (2 pi g^2)`` per Hz at offset
+      ``g``, folded at the ADC rate) seen through the matched filter, relative to the quantum
+      signal through the same filter. This is physics, not a DSP defect: the received
+      pilots' phase-noise sidebands overlap the quantum band (docs/dsp.md).
+    """
+    fs = fmt.adc_rate_hz
+    if linewidth_hz <= 0:
+        return 0.0, 0.0
+    f = np.linspace(-0.5 * fs, 0.5 * fs, 200001)
+    df = f[1] - f[0]
+    # tracking: untracked laser phase (1 - H)^2 S_phi + pilot noise H^2 / (2 snr fs)
+    h = 1.0 / (1.0 + (f / corner_hz) ** 2)
+    with np.errstate(divide="ignore"):
+        s_phi = np.where(f != 0, linewidth_hz / (2 * np.pi * f**2), 0.0)
+    tracking = float(np.sum((1 - h) ** 2 * s_phi + h**2 / (2 * max(snr, 1e-9) * fs)) * df)
+    # leakage through the matched filter, both pilots, folded once on each side
+    rrc2 = fmt.rrc_spectrum(f) ** 2
+    band = rrc2 > 0
+    leak = 0.0
+    for fp in (fmt.pilot_offset_hz, -fmt.pilot_offset_hz):
+        for fold in (-fs, 0.0, fs):
+            g = f[band] - fp - fold
+            leak += float(np.sum(rrc2[band] * linewidth_hz / (2 * np.pi * g**2)) * df)
+    ratio = 10.0 ** (fmt.pilot_to_signal_db / 10.0)
+    signal = float(np.sum(rrc2**2) * df) / fmt.symbol_rate_hz
+    return tracking, ratio * leak / signal
 
 
 def estimate_linewidth(step: float, theta: np.ndarray, fs: float) -> float:
@@ -701,7 +841,7 @@ def estimate_linewidth(step: float, theta: np.ndarray, fs: float) -> float:
     tracking filter's memory; the slope between ``tau`` = 2 us and 20 us gives ``dnu``.
     Returns 0 when the record is too short.
     """
-    l1 = max(1, int(round(2e-6 * fs / step)))
+    l1 = max(1, round(2e-6 * fs / step))
     l2 = 10 * l1
     if theta.size < 20 * l2:
         return 0.0
@@ -785,7 +925,11 @@ def process_frame(
     lap("clock")
     step, theta, nu_c = carrier_phase(tracks, clock, fmt)
     trim = max(1, int(fmt.capture_margin / 8 / step))
-    linewidth = estimate_linewidth(step, theta[trim : tracks.n_valid - trim], fmt.adc_rate_hz)
+    core = theta[trim : tracks.n_valid - trim]
+    linewidth = estimate_linewidth(step, core, fmt.adc_rate_hz)
+    # report the carrier offset from the slope of the tracked phase (noise-unbiased)
+    slope = np.polyfit(np.arange(core.size) * step, core, 1)[0]
+    cfo_hz = (nu_c + slope / (2 * np.pi)) * fmt.adc_rate_hz
     if pilot_halfwidth_hz is None:
         # retune the tracking band to the measured linewidth
         halfwidth = pilot_halfwidth(snr, fmt, linewidth)
@@ -822,10 +966,11 @@ def process_frame(
             phase += extra
     if not np.all(np.isfinite(y)):
         raise DspError("non-finite values in the processed symbols (corrupt capture?)")
+    tracking_var, leakage = phase_noise_excess(fmt, linewidth, snr, halfwidth)
     lap("phase_global")
     return RxResult(
         symbols=y,
-        cfo_hz=clock.cfo_hz,
+        cfo_hz=float(cfo_hz),
         clock_ppm=clock.ppm,
         frame_start=t0 * fmt.sps_adc / 2.0,
         pilot_db=search.peak_to_floor_db,
@@ -834,5 +979,7 @@ def process_frame(
         pilot_snr=snr,
         tracking_hz=halfwidth,
         linewidth_hz=linewidth,
+        phase_excess=tracking_var + leakage,
+        phase_error_var=tracking_var,
         timings=timings,
     )

@@ -126,9 +126,7 @@ def build_frame(
     gain = fmt.dac_peak_fraction * INT16_FULL_SCALE / peak
     i = np.rint(wave.real * gain).astype(np.int16)
     q = np.rint(wave.imag * gain).astype(np.int16)
-    mean_power = float(
-        (np.dot(i.astype(np.float64), i) + np.dot(q.astype(np.float64), q)) / n
-    )
+    mean_power = float((np.dot(i.astype(np.float64), i) + np.dot(q.astype(np.float64), q)) / n)
     return TxFrame(
         fmt=fmt,
         symbols=symbols,

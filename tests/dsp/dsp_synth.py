@@ -41,7 +41,7 @@ def _resample(d: np.ndarray, u0: float, r: float, n: int, table: np.ndarray) -> 
     out = np.empty(n, dtype=np.complex128)
     for m in range(n):
         u = u0 + m * r
-        i = int(math.floor(u))
+        i = int(math.floor(u))  # noqa: RUF046 (numba)
         p = int((u - i) * phases + 0.5)
         acc = 0j
         for j in range(taps):
@@ -93,7 +93,7 @@ def synth_capture(
     fmt = tx.fmt
     n = fmt.capture_points if n_points is None else n_points
     fs = fmt.adc_rate_hz
-    d = (tx.i.astype(np.float64) + 1j * tx.q.astype(np.float64))
+    d = tx.i.astype(np.float64) + 1j * tx.q.astype(np.float64)
     # kappa from V_A = 2 kappa^2 A^2 E_p / R_dac
     kappa = math.sqrt(v_a * fmt.dac_rate_hz / (2 * tx.amplitude**2 * tx.pulse_energy))
     p_out = kappa**2 * photon_energy(frequency_hz) * tx.mean_power
@@ -111,7 +111,9 @@ def synth_capture(
         g = shot_rms_lsb if lo_on else 0.0
         z = rng.standard_normal(n) + 1j * rng.standard_normal(n)
         v = g * ((0 if s is None else s) + (noise_std if s is not None else 1.0) * z)
-        v = v + shot_rms_lsb * math.sqrt(v_el) * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
+        v = v + shot_rms_lsb * math.sqrt(v_el) * (
+            rng.standard_normal(n) + 1j * rng.standard_normal(n)
+        )
         ci = np.clip(np.rint(v.real), -2048, 2047).astype(np.int16) * np.int16(16)
         cq = np.clip(np.rint(v.imag), -2048, 2047).astype(np.int16) * np.int16(16)
         return ci, cq
