@@ -239,6 +239,7 @@ class Bob:
         self._y = np.zeros(0)
         self._offset = 0
         self._next_frame = 0
+        self._block_first_frame = 0
         self._frames: dict[int, _BobFrame] = {}
         self._accepted: list[int] = []
         self._pending_pa: tuple[PaStart, np.ndarray] | None = None
@@ -254,6 +255,7 @@ class Bob:
             raise ValueError("Bob's quadratures contain NaN or infinity")
         self._y = y
         self._offset = 0
+        self._block_first_frame = self._next_frame
         self._frames.clear()
         self._accepted = []
         self._pending_pa = None
@@ -342,7 +344,7 @@ class Bob:
             else 0
         )
         seed = p._random_bits(seed_bits(x.size, out, p.config.pa_method)) if out else np.zeros(0)
-        refill = self._next_frame + 2
+        refill = self._next_frame - self._block_first_frame + 2
         msg = PaStart(
             block_id=p._random_bytes(16),
             frame_ids=tuple(self._accepted),

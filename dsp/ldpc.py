@@ -228,9 +228,10 @@ def _layered_sp(chk_ptr, chk_var, synd, llr, max_iter, clip):  # pragma: no cove
     q = np.empty(maxdeg, dtype=np.float32)
     fwd = np.empty(maxdeg + 1, dtype=np.float64)
     hard = np.zeros(n, dtype=np.uint8)
-    it = 0
+    iters = 0
     ok = False
     for it in range(1, max_iter + 1):
+        iters = it
         for c in range(m):
             a = chk_ptr[c]
             d = chk_ptr[c + 1] - a
@@ -269,7 +270,7 @@ def _layered_sp(chk_ptr, chk_var, synd, llr, max_iter, clip):  # pragma: no cove
                 break
         if ok:
             break
-    return hard, ok, it
+    return hard, ok, iters
 
 
 def decode_syndrome(

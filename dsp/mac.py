@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 __all__ = [
     "KEY_BYTES",
     "TAG_BYTES",
-    "MacKeyExhausted",
+    "MacKeyExhaustedError",
     "MacKeyPool",
     "forgery_probability",
     "tag",
@@ -33,7 +33,7 @@ KEY_BYTES = 32
 TAG_BYTES = 16
 
 
-class MacKeyExhausted(RuntimeError):
+class MacKeyExhaustedError(RuntimeError):
     """The MAC key pool is empty: no message can be authenticated."""
 
 
@@ -61,7 +61,7 @@ class MacKeyPool:
     def take(self) -> tuple[int, bytes]:
         """Remove and return ``(index, key)``; the index counts keys issued so far."""
         if not self._keys:
-            raise MacKeyExhausted("MAC key pool exhausted: refill it from distilled key")
+            raise MacKeyExhaustedError("MAC key pool exhausted: refill it from distilled key")
         key = self._keys.popleft()
         index = self._issued
         self._issued += 1

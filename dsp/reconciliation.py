@@ -160,14 +160,16 @@ _RSU_HALF = _irregular(
 
 
 def code_family(block_bits: int = 100_000) -> tuple[CodeSpec, ...]:
-    """The mother codes covering SNR 0.03 .. 1 (rates about 0.02 .. 0.5), length ``block_bits``."""
+    """The mother codes covering SNR 0.03 .. 1 (rates 0.03 .. 0.5), length ``block_bits``."""
     if not 10_000 <= block_bits <= 2_000_000:
         raise ValueError(f"block length {block_bits} outside 1e4 .. 2e6 bits")
     return (
-        CodeSpec("met-r0.05", _met(0.05, 0.06, 40, 0.38, "met-r0.05"), block_bits, 105, 600, 0.85),
-        CodeSpec("met-r0.10", _met(0.10, 0.125, 22, 0.38, "met-r0.10"), block_bits, 110, 400, 0.89),
-        CodeSpec("met-r0.20", _met(0.20, 0.25, 9, 0.38, "met-r0.20"), block_bits, 120, 300, 0.88),
-        CodeSpec("irregular-r0.50", _RSU_HALF, block_bits, 150, 200, 0.91),
+        CodeSpec("met-r0.03", _met(0.03, 0.048, 40, 0.38, "met-r0.03"), block_bits, 103, 500, 0.76),
+        CodeSpec("met-r0.06", _met(0.06, 0.09, 23, 0.38, "met-r0.06"), block_bits, 106, 450, 0.81),
+        CodeSpec("met-r0.10", _met(0.10, 0.125, 22, 0.38, "met-r0.10"), block_bits, 110, 400, 0.85),
+        CodeSpec("met-r0.20", _met(0.20, 0.25, 9, 0.38, "met-r0.20"), block_bits, 120, 300, 0.87),
+        CodeSpec("met-r0.30", _met(0.30, 0.375, 5, 0.38, "met-r0.30"), block_bits, 130, 300, 0.86),
+        CodeSpec("irregular-r0.50", _RSU_HALF, block_bits, 150, 300, 0.85),
     )
 
 
@@ -224,7 +226,7 @@ def plan_frame(code: LDPCCode, snr: float, beta: float) -> FramePlan:
     deg = np.diff(code.var_ptr)
     if rt <= code.rate:
         # Shorten s bits; a few punctured bits absorb the rounding of N to a multiple of 8.
-        n_data = min(n, int(m / (1.0 - rt)) // DIM * DIM)
+        n_data = min(n // DIM * DIM, int(m / (1.0 - rt)) // DIM * DIM)
         s = min(n - n_data, max(0, round(n - m - rt * n_data)))
         shortened = np.sort(order[:s])
         rest = order[s:]
@@ -232,7 +234,7 @@ def plan_frame(code: LDPCCode, snr: float, beta: float) -> FramePlan:
         punctured = np.sort(pool[: n - n_data - s])
         rate = (n - m - s) / n_data
     else:
-        n_data = math.ceil((n - m) / rt / DIM) * DIM
+        n_data = min(n // DIM * DIM, math.ceil((n - m) / rt / DIM) * DIM)
         p = n - n_data
         pool = order[deg[order] >= 2]
         if p > pool.size:

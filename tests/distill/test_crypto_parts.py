@@ -67,7 +67,7 @@ def test_mac_pool_never_reuses_and_exhausts():
     pool = mac.MacKeyPool(bytes(range(64)))
     a, b = pool.take(), pool.take()
     assert a[0] == 0 and b[0] == 1 and a[1] != b[1]
-    with pytest.raises(mac.MacKeyExhausted):
+    with pytest.raises(mac.MacKeyExhaustedError):
         pool.take()
     with pytest.raises(ValueError):
         pool.add(b"short")
@@ -105,3 +105,18 @@ def test_messages_round_trip_and_reject_garbage():
         decode_payload(fs.TYPE, encode_payload(fs)[:-3])
     with pytest.raises(MessageError):
         decode_payload(99, b"")
+
+
+def test_mas_exact_at_larger_size_against_big_integers():
+    # 3e5 input bits: 11-bit limbs, FFT length ~6e4, many carries; Python ints are exact.
+    rng = np.random.default_rng(8)
+    n, l = 300_000, 40_000
+    x = rng.integers(0, 2, n).astype(np.uint8)
+    seed = rng.integers(0, 2, seed_bits(n, l, "mas")).astype(np.uint8)
+
+    def big(bits: np.ndarray) -> int:
+        return int.from_bytes(np.packbits(bits[::-1]).tobytes(), "big") >> (-bits.size % 8)
+
+    a, b = big(seed[: n + l]), big(seed[n + l :])
+    direct = ((a * big(x) + b) % (1 << (n + l))) >> n
+    assert big(mas_hash(x, seed, l)) == direct

@@ -106,3 +106,16 @@ def test_reverse_reconciliation_round_trip(family, half_code):
     enc = bob_encode(half_code, plan, y, rng)
     res = alice_decode(half_code, plan, x, enc.public, enc.syndrome, family[-1].max_iter)
     assert res.success and np.array_equal(res.key, enc.key(plan))
+
+
+def test_plan_at_exact_design_rate_and_odd_length(family):
+    # rt == design rate up to rounding must not overflow the code (regression)
+    spec = family[2]
+    code = spec.build()
+    snr = 2.0 ** (2 * spec.rate / spec.beta_op) - 1.0
+    plan = plan_frame(code, snr, spec.beta_op)
+    assert plan.n_data <= code.n and plan.n_data % DIM == 0
+    odd = build_code(spec.ensemble, 20_003, 5)
+    for beta in (0.5, spec.beta_op, 0.99):
+        p = plan_frame(odd, 0.17, beta)
+        assert p.n_data % DIM == 0 and p.n_data + p.punctured.size + p.shortened.size == odd.n

@@ -27,6 +27,7 @@ def _parties(cfg: DistillConfig = CFG) -> tuple[Alice, Bob]:
 
 def test_identical_keys_with_agreed_ids_over_two_blocks():
     alice, bob = _parties()
+    start = bob.party.send_pool.available
     for block in range(2):
         x, y = _data(3 * 16_664, block)
         res = distill_block(alice, bob, x, y, SNR, 0.05, max_frames=2)
@@ -37,6 +38,8 @@ def test_identical_keys_with_agreed_ids_over_two_blocks():
         acct = res.accounting
         assert acct["pa_output_bits"] > 0 and acct["leak_ec_bits"] == 2 * 10_000
         assert abs(res.beta - 0.8) < 1e-3
+        # each block spends frames + 1 keys per direction and refills frames + 2
+        assert bob.party.send_pool.available == start + block + 1
     # the pools stay in step: what Bob sends Alice can open, and vice versa
     assert bob.party.send_pool.available == alice.party.recv_pool.available
     assert bob.party.recv_pool.available == alice.party.send_pool.available
@@ -129,7 +132,7 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="symbols"):
         distill_block(alice, bob, np.zeros(10), np.zeros(11), SNR, 0.0)
     assert alice.handle(b"garbage")  # an authenticated rejection, not an exception
-    with pytest.raises(mac.MacKeyExhausted):
+    with pytest.raises(mac.MacKeyExhaustedError):
         a2 = Alice(bytes(64))
         for _ in range(3):
             a2.handle(b"garbage")
