@@ -113,15 +113,18 @@ class RunSettings:
     v_a: float | None = None
     v_a_min: float = 1.5
     v_a_max: float = 12.0
-    beta: float = 0.95
+    beta: float = 0.85
     epsilon: float = 1e-10
     pe_fraction: float = 0.0
     distill: bool = True
-    key_size_bits: int = 256
     tx_power_dbm: float = 10.0
     sync_power_dbm: float = 0.0
     lo_power_dbm: float = 10.0
     reveal_symbols: int = 2000
+    snr_max: float = 0.40
+    distill_budget_s: float = 90.0
+    distill_workers: int = 2
+    ldpc_block_bits: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,8 @@ class Bench:
         for link in self.links:
             if link.name == name:
                 return link
-        raise KeyError(f"bench {self.name!r} has no link {name!r}")
+        names = ", ".join(lk.name for lk in self.links)
+        raise BenchError(self.source, "links", f"no link named {name!r} (links: {names})")
 
 
 # --------------------------------------------------------------------------- loading
@@ -613,9 +617,6 @@ def _run(v: _V, value: Any) -> RunSettings:
             item.get("pe_fraction", d.pe_fraction), "run.pe_fraction", lo=0.0, hi=0.9
         ),
         distill=v.boolean(item.get("distill", d.distill), "run.distill"),
-        key_size_bits=v.integer(
-            item.get("key_size_bits", d.key_size_bits), "run.key_size_bits", lo=64, hi=8192
-        ),
         tx_power_dbm=v.number(
             item.get("tx_power_dbm", d.tx_power_dbm), "run.tx_power_dbm", lo=-10.0, hi=13.0
         ),
@@ -628,11 +629,26 @@ def _run(v: _V, value: Any) -> RunSettings:
         reveal_symbols=v.integer(
             item.get("reveal_symbols", d.reveal_symbols), "run.reveal_symbols", lo=0, hi=1_000_000
         ),
+        snr_max=v.number(item.get("snr_max", d.snr_max), "run.snr_max", lo=0.01, hi=100.0),
+        ldpc_block_bits=v.integer(
+            item.get("ldpc_block_bits", d.ldpc_block_bits),
+            "run.ldpc_block_bits",
+            lo=10_000,
+            hi=2_000_000,
+        ),
+        distill_workers=v.integer(
+            item.get("distill_workers", d.distill_workers), "run.distill_workers", lo=0, hi=8
+        ),
+        distill_budget_s=v.number(
+            item.get("distill_budget_s", d.distill_budget_s),
+            "run.distill_budget_s",
+            lo=0.0,
+            hi=86_400.0,
+            lo_open=True,
+        ),
     )
     if out.v_a_min >= out.v_a_max:
         raise v.fail("run.v_a_max", f"must be > run.v_a_min ({out.v_a_min:g})")
-    if out.key_size_bits % 8:
-        raise v.fail("run.key_size_bits", f"must be a multiple of 8, got {out.key_size_bits}")
     return out
 
 

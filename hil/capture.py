@@ -291,21 +291,44 @@ def analyse_capture(
             "pilot_snr": res.pilot_snr,
             "tracking_hz": res.tracking_hz,
             "linewidth_hz": res.linewidth_hz,
+            "phase_excess_model": res.phase_excess * v_a,
+            "phase_error_var_model": res.phase_error_var,
             "preamble_peak": res.preamble_peak,
             "phase": res.phase,
         },
         "calibration": {
             "n0_v2": cal.n0,
+            "n0_rel_stderr": cal.n0_rel_stderr,
             "v_el": cal.v_el,
             "v_el_stderr": cal.v_el_stderr,
             "eta": cal.eta,
+            "shot_samples": cal.n_shot,
+            "electronic_samples": cal.n_el,
         },
         "estimates": est.as_dict(),
+        "stderr_with_calibration": _with_calibration(est, cal.n0_rel_stderr),
         "key_rate": _jsonable(rate),
         "metadata": cap.metadata,
     }
     _check_finite(out)
     return out
+
+
+def _with_calibration(est: Any, n0_rel: float) -> dict[str, float]:
+    """Standard errors of T-hat and xi-hat including the shot-noise calibration's.
+
+    An error ``e`` in ``N0`` scales ``T-hat`` by ``1 - e`` and shifts ``xi-hat`` by
+    ``-2 e / (eta T)`` (docs/dsp.md); it is independent of the frame's own noise, so the
+    variances add. The worst-case values of :mod:`dsp.estimation` do not include it.
+    """
+    t_cal = est.T * n0_rel
+    xi_cal = 2 * n0_rel / (est.eta * est.T) if est.T > 0 else 0.0
+    return {
+        "T_stderr": math.hypot(est.T_stderr, t_cal),
+        "xi_stderr": math.hypot(est.xi_stderr, xi_cal),
+        "T_stderr_calibration": t_cal,
+        "xi_stderr_calibration": xi_cal,
+    }
 
 
 def _jsonable(obj: Any) -> Any:

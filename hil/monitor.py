@@ -80,6 +80,14 @@ class Alarm:
     magnitude_db: float | None = None
     raised_frame: int | None = None
     cleared_at: float | None = None
+    sources: list[str] = field(default_factory=list)  # every instrument that saw it
+    reporting: list[str] = field(default_factory=list)  # those that still see it
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            self.sources = [self.source]
+        if not self.reporting:
+            self.reporting = list(self.sources)
 
     @property
     def active(self) -> bool:
@@ -176,8 +184,14 @@ class LinkMonitor:
     ) -> Alarm | None:
         for alarm in self.active:
             if alarm.kind == kind and _same_place(alarm.location_km, location_km, self._tol_km):
+                # The same fault seen by another instrument (or again): one alarm.
                 if alarm.location_km is None and location_km is not None:
                     alarm.location_km = location_km
+                if source not in alarm.sources:
+                    alarm.sources.append(source)
+                    alarm.message += f"; {source}: {message}"
+                if source not in alarm.reporting:
+                    alarm.reporting.append(source)
                 return None
         alarm = Alarm(
             id=f"{self.link}-{next(self._ids)}",
@@ -338,10 +352,14 @@ class LinkMonitor:
         return raised
 
     def _clear(self, kinds: Iterable[str], source: str, now: float) -> None:
+        """``source`` sees no fault of ``kinds``: it withdraws from those alarms; an alarm
+        no instrument still reports is cleared."""
         kinds = tuple(kinds)
         for alarm in self.active:
-            if alarm.kind in kinds and alarm.source == source:
-                alarm.cleared_at = now
+            if alarm.kind in kinds and source in alarm.reporting:
+                alarm.reporting.remove(source)
+                if not alarm.reporting:
+                    alarm.cleared_at = now
 
     # ----------------------------------------------------------- frames
     def hold(self, frame: int) -> None:

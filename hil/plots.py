@@ -64,15 +64,31 @@ def otdr(
         ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
 
+    ends = [
+        ev["location_m"]
+        for tr in (baseline, latest)
+        if tr is not None
+        for ev in tr.get("events", [])
+        if ev.get("kind") == "end"
+    ]
+    fibre_end = max(ends) if ends else None
     if baseline is not None and latest is not None:
         zb = np.asarray(baseline["distance_m"], float)
         z = np.asarray(latest["distance_m"], float)
         hi = min(z[-1], zb[-1]) if z.size and zb.size else 0.0
+        if fibre_end is not None:
+            hi = min(hi, fibre_end)  # beyond the fibre end there is only noise
         keep = z <= hi
         diff = np.asarray(latest["level_db"], float)[keep] - np.interp(
             z[keep], zb, np.asarray(baseline["level_db"], float)
         )
         ax_diff.plot(z[keep] / 1e3, diff, color="tab:orange", lw=0.8)
+        if diff.size:
+            lo_d, hi_d = np.percentile(diff, [0.5, 99.5])
+            pad = max(0.2, 0.2 * (hi_d - lo_d))
+            ax_diff.set_ylim(min(lo_d, -0.5) - pad, max(hi_d, 0.5) + pad)
+    if fibre_end is not None:
+        ax.set_xlim(-0.02 * fibre_end / 1e3, 1.15 * fibre_end / 1e3)
     for alarm in alarms:
         if alarm.get("location_km") is not None:
             for a in (ax, ax_diff):
@@ -98,7 +114,7 @@ def constellation(path: Path, link: str, symbols: np.ndarray, note: str = "") ->
     if y.size:
         lim = float(np.percentile(np.abs(np.concatenate([y.real, y.imag])), 99.5)) * 1.1 or 1.0
         if y.size > 5000:
-            ax.hist2d(y.real, y.imag, bins=120, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
+            ax.hist2d(y.real, y.imag, bins=70, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
         else:
             ax.plot(y.real, y.imag, ".", ms=1.5, alpha=0.6)
         ax.set_xlim(-lim, lim)

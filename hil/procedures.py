@@ -12,11 +12,9 @@ import contextlib
 import importlib
 import inspect
 import math
-import os
 import pkgutil
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,10 @@ SHARED_ROLES = ("transmitter", "switch", "otdr")
 
 class ProcedureError(RuntimeError):
     """A procedure could not be carried out (not an instrument fault)."""
+
+
+class DistillUnavailableError(ProcedureError):
+    """Key distillation is not available in this installation."""
 
 
 class FrameError(ProcedureError):
@@ -390,16 +392,23 @@ def bring_up(session: Session, links: list[str] | None = None) -> dict[str, dict
                 m.unit = "DBM"
                 m.averaging_time = bench.monitoring.powermeter_averaging_s
     if session.has_otdr:
-        o = bench.monitoring.otdr
-        span = max((bench.link(n).length_km or 0.0) for n in names)
-        rng = o.range_km or max(1.0, 1.5 * span + 1.0)
-        with session.guard("otdr").doing("bring-up: wavelength, pulse, range, averaging") as d:
-            d.wavelength = o.wavelength_nm * 1e-9
-            d.pulse_width = o.pulse_width_ns * 1e-9
-            d.range = rng * 1e3
-            d.averaging_time = o.averaging_s
-            d.ior = o.ior
+        configure_otdr(session, names)
     return session.snapshot()
+
+
+def configure_otdr(session: Session, links: list[str] | None = None) -> None:
+    """Set the OTDR to the bench's monitoring settings (range from the longest link)."""
+    bench = session.bench
+    names = links or [lk.name for lk in bench.links]
+    o = bench.monitoring.otdr
+    span = max((bench.link(n).length_km or 0.0) for n in names)
+    rng = o.range_km or max(1.0, 1.5 * span + 1.0)
+    with session.guard("otdr").doing("settings: wavelength, pulse, range, averaging") as d:
+        d.wavelength = o.wavelength_nm * 1e-9
+        d.pulse_width = o.pulse_width_ns * 1e-9
+        d.range = rng * 1e3
+        d.averaging_time = o.averaging_s
+        d.ior = o.ior
 
 
 def frame_format(bench: Bench, n_symbols: int) -> Any:
@@ -790,6 +799,10 @@ def choose_modulation_variance(
         return run.v_a
     T = min(max(T, 1e-4), 0.999)
     xi = max(xi, 0.0)
+    # Stay within the SNR the reconciliation codes cover (SNR is linear in V_A).
+    noise = 1.0 + v_el + eta * T * xi / 2.0
+    v_snr = 2.0 * run.snr_max * noise / (eta * T)
+    hi = max(min(run.v_a_max, v_snr), run.v_a_min * 1.01)
     kw: dict[str, Any] = (
         {"all_symbols": True} if run.pe_fraction == 0 else {"pe_fraction": run.pe_fraction}
     )
@@ -801,7 +814,7 @@ def choose_modulation_variance(
             v_el,
             run.beta,
             N=n_block,
-            V_A_range=(run.v_a_min, run.v_a_max),
+            V_A_range=(run.v_a_min, hi),
             eps_pe=run.epsilon,
             eps_smooth=run.epsilon,
             eps_pa=run.epsilon,
@@ -809,11 +822,11 @@ def choose_modulation_variance(
         )
         if rate <= 0:
             v, rate = keyrate.best_modulation_variance(
-                T, xi, eta, v_el, run.beta, V_A_range=(run.v_a_min, run.v_a_max)
+                T, xi, eta, v_el, run.beta, V_A_range=(run.v_a_min, hi)
             )
     except (ValueError, ArithmeticError):
-        v = math.sqrt(run.v_a_min * run.v_a_max)
-    return float(min(max(v, run.v_a_min), run.v_a_max))
+        v = math.sqrt(run.v_a_min * hi)
+    return float(min(max(v, run.v_a_min), hi))
 
 
 # --------------------------------------------------------------------------- frames
@@ -1006,6 +1019,18 @@ def capture_spectrum(
     return f[order], 10.0 * np.log10(np.maximum(p[order], 1e-30))
 
 
+@dataclass
+class BlockJob:
+    """A block ready for distillation: its record so far and what the protocol needs."""
+
+    out: dict[str, Any]
+    x: np.ndarray
+    y: np.ndarray
+    snr: float
+    chi: float
+    est: Any
+
+
 def process_block(
     bench: Bench,
     link: Link,
@@ -1018,12 +1043,33 @@ def process_block(
     """A full finite-size block of clean frames: estimate, bound, distil, deliver.
 
     ``parties`` is the link's ``(Alice, Bob)`` distillation pair (:func:`new_parties`),
-    kept across blocks (their MAC key pools are refilled from each block's key).
+    kept across blocks (their MAC key pools are refilled from each block's key). The
+    runner may instead run :func:`distill_job` in a worker process between
+    :func:`prepare_block` and :func:`finish_block`.
+    """
+    job = prepare_block(bench, link, block_id, frames, calibration)
+    if isinstance(job, dict):
+        return job
+    try:
+        _parties, result = distill_job(bench, parties, job.x, job.y, job.snr, job.chi)
+    except ProcedureError as exc:
+        return fail_block(job, exc)
+    return finish_block(bench, link, job, result, delivery)
+
+
+def prepare_block(
+    bench: Bench,
+    link: Link,
+    block_id: int,
+    frames: list[FrameData],
+    calibration: Any,
+) -> BlockJob | dict[str, Any]:
+    """Estimate a block and bound its finite-size key rate.
 
     Estimation uses all symbols after reconciliation (Ruppert et al. 2014) when
     ``run.pe_fraction`` is 0, else a random disclosed subset (Leverrier et al. 2010).
-    No key is distilled when the finite-size rate is not positive. Returns the block's
-    record for ``run.json``.
+    Returns the block's final record (a dict) when no key can be made (no estimate,
+    finite-size rate not positive, distillation disabled), else a :class:`BlockJob`.
     """
     from dsp import estimation, keyrate
 
@@ -1097,45 +1143,79 @@ def process_block(
     if not run.distill:
         out["message"] = f"block {block_id}: distillation disabled (run.distill: false)"
         return out
-    try:
-        result = distill_block(bench, parties, x, y, est, fs)
-    except DistillUnavailableError as exc:
+    if 2 * n_total < run.ldpc_block_bits:
+        out["message"] = (
+            f"block {block_id}: {2 * n_total} quadratures are fewer than one LDPC code "
+            f"length ({run.ldpc_block_bits}); lower run.ldpc_block_bits or use longer blocks"
+        )
+        return out
+    chi = float(fs.chi_be_worst if hasattr(fs, "chi_be_worst") else fs.chi_BE_worst)
+    return BlockJob(out, x, y, float(est.snr), chi, est)
+
+
+def fail_block(job: BlockJob, exc: BaseException) -> dict[str, Any]:
+    """The record of a block whose distillation could not run."""
+    out = job.out
+    block_id = out["block"]
+    if isinstance(exc, DistillUnavailableError):
         out["message"] = f"block {block_id}: {exc}; no keys"
-        out["distill_error"] = str(exc)
-        return out
-    except ProcedureError as exc:
+    else:
         out["message"] = f"block {block_id}: distillation failed ({exc}); block discarded"
-        out["distill_error"] = str(exc)
-        return out
+    out["distill_error"] = str(exc)
+    return out
+
+
+def finish_block(
+    bench: Bench,
+    link: Link,
+    job: BlockJob,
+    result: DistillResult,
+    delivery: KeyDelivery | None,
+) -> dict[str, Any]:
+    """Account a distilled block (actual beta, frame errors, authentication) and deliver."""
+    from dsp import keyrate
+
+    run = bench.run
+    out = job.out
+    n_total = out["symbols"]
+    block_id = out["block"]
     out.update(result.summary)
     out["beta_target"] = run.beta
     beta = result.summary.get("beta")
     if beta is not None and math.isfinite(beta) and 0 < beta <= 1:
         try:
             fs_real = keyrate.key_rate_from_estimates(
-                est, beta, eps_smooth=run.epsilon, eps_pa=run.epsilon
+                job.est, beta, eps_smooth=run.epsilon, eps_pa=run.epsilon
             )
             fer = float(result.summary.get("fer") or 0.0)
-            out["key_rate_finite"] = fs_real.rate * (1.0 - (fer if math.isfinite(fer) else 1.0))
+            good = 1.0 - (fer if math.isfinite(fer) else 1.0)
+            # The finite-size rate with the beta the codes reached, frame errors charged;
+            # "net" also charges the verification tags and the key spent authenticating
+            # the block's messages (one-time MAC keys, refilled from the block's key).
+            acct = result.summary.get("accounting") or {}
+            spent = float(result.summary.get("auth_bits", 0.0)) + float(
+                acct.get("leak_ver_bits", 0.0)
+            )
+            out["key_rate_finite_planned"] = out.get("key_rate_finite")
+            out["key_rate_finite"] = fs_real.rate * good
+            out["key_rate_finite_net"] = fs_real.rate * good - spent / n_total
         except ValueError:
             pass
     out["keys"] = len(result.alice_keys)
+    if result.summary.get("distill_stopped") and not result.alice_keys:
+        out["message"] = f"block {block_id}: no key ({result.summary['distill_stopped']})"
     if result.alice_keys and delivery is not None and delivery.available:
         meta = {
             "link": link.name,
             "block": block_id,
             "symbols": n_total,
-            "key_rate_finite": fs.rate,
+            "key_rate_finite": out.get("key_rate_finite"),
         }
         if delivery.deliver(link.name, block_id, result.alice_keys, result.bob_keys, meta):
             out["key_ids_delivered"] = [k for k, _ in result.alice_keys]
     elif result.alice_keys:
         out["message"] = f"block {block_id}: {len(result.alice_keys)} keys kept (no KMS)"
     return out
-
-
-class DistillUnavailableError(ProcedureError):
-    """Key distillation is not available in this installation."""
 
 
 @dataclass
@@ -1161,33 +1241,44 @@ def new_parties(bench: Bench) -> Any:
             f"key distillation (dsp.distill) is not available: {exc}"
         ) from None
     psk = secrets.token_bytes(2 * 512 * 32)
-    config = distill.DistillConfig(key_bits=bench.kms.key_size_bits)
+    config = distill.DistillConfig(
+        block_bits=bench.run.ldpc_block_bits,
+        key_bits=bench.kms.key_size_bits,
+        beta=bench.run.beta,
+    )
     return distill.Alice(psk, config), distill.Bob(psk, config)
 
 
-def distill_block(
+def distill_job(
     bench: Bench,
     parties: Any,
     x: np.ndarray,
     y: np.ndarray,
-    est: Any,
-    fs: Any,
-) -> DistillResult:
+    snr: float,
+    chi: float,
+) -> tuple[Any, DistillResult]:
     """Reverse reconciliation, verification and privacy amplification of one block.
 
-    ``x`` (Alice, ``x_A`` scale) and ``y`` (Bob, SNU) are complex; the distillation works
-    on real quadratures (I, Q interleaved). Eve's information per real dimension is half
-    the finite-size Holevo bound per complex symbol (worst-case ``T``, ``xi``) plus half
-    the smoothing term of Leverrier et al. 2010 (the privacy-amplification term
-    ``2 log2(1/eps_PA)`` is charged by :func:`dsp.privacy.output_length` itself).
+    Pure computation (runs in a worker process too): returns the parties (their MAC
+    pools refilled) and the keys. ``x`` (Alice, ``x_A`` scale) and ``y`` (Bob, SNU) are
+    complex; the distillation works on real quadratures (I, Q interleaved). Eve's
+    information per real dimension is half the finite-size Holevo bound per complex
+    symbol ``chi`` (worst-case ``T``, ``xi``) plus half the smoothing term of Leverrier
+    et al. 2010 (the privacy-amplification term ``2 log2(1/eps_PA)`` is charged by
+    :func:`dsp.privacy.output_length` itself).
     """
-    from dsp import distill
+    try:
+        from dsp import distill
+    except ImportError as exc:
+        raise DistillUnavailableError(
+            f"key distillation (dsp.distill) is not available: {exc}"
+        ) from None
 
     if parties is None:
         parties = new_parties(bench)
     alice, bob = parties
     eps = bench.run.epsilon
-    chi = float(getattr(fs, "chi_be_worst", None) or fs.chi_BE_worst)
+    _share_codes(parties, bench.run.ldpc_block_bits)
 
     def eve_bits(n_real: int) -> float:
         n_complex = max(n_real // 2, 1)
@@ -1197,8 +1288,17 @@ def distill_block(
     xr[0::2], xr[1::2] = x.real, x.imag
     yr = np.empty(2 * y.size)
     yr[0::2], yr[1::2] = y.real, y.imag
+
+    def mac_bits_used() -> float:
+        return sum(
+            float(getattr(getattr(p, "party", None), "mac_bits_used", 0.0)) for p in (alice, bob)
+        )
+
+    auth_before = mac_bits_used()
     try:
-        res = distill.distill_block(alice, bob, xr, yr, float(est.snr), eve_bits)
+        res, stopped = _distill_frames(
+            distill, alice, bob, xr, yr, float(snr), eve_bits, bench.run.distill_budget_s
+        )
     except (ValueError, RuntimeError) as exc:
         raise ProcedureError(str(exc)) from None
     a_keys = [(str(k), bytes(v)) for k, v in res.alice_keys]
@@ -1209,7 +1309,9 @@ def distill_block(
             f"({len(a_keys)} vs {len(b_keys)} keys): block discarded"
         )
     n_complex = x.size
+    auth_bits = mac_bits_used() - auth_before  # one-time MAC keys spent on this block
     summary = {
+        "auth_bits": auth_bits,
         "beta": res.beta,
         "fer": res.fer,
         "ldpc_frames": len(res.frames),
@@ -1219,7 +1321,109 @@ def distill_block(
         "key_rate_distilled": res.key_bits / n_complex if n_complex else 0.0,
         "accounting": res.accounting,
     }
-    return DistillResult(a_keys, b_keys, summary)
+    if stopped:
+        summary["distill_stopped"] = stopped
+    _share_codes(parties, None)
+    return (alice, bob), DistillResult(a_keys, b_keys, summary)
+
+
+_CODE_CACHE: dict[int, dict[int, Any]] = {}
+"""LDPC parity-check matrices by code length, then code index, shared by every party in
+this process: the codes are deterministic (same seed, same matrix on both sides), and
+building a 1e6-bit code costs seconds, so Alice and Bob of every link share one copy."""
+
+
+def _share_codes(parties: Any, block_bits: int | None) -> None:
+    """Point both parties' code caches at the process-wide one (``None``: detach them,
+    so parties pickled back from a worker process do not carry the matrices)."""
+    for p in parties:
+        party = getattr(p, "party", None)
+        if party is None or not isinstance(getattr(party, "_codes", None), dict):
+            continue
+        if block_bits is None:
+            party._codes = {}
+        else:
+            shared = _CODE_CACHE.setdefault(block_bits, {})
+            for index, code in party._codes.items():
+                shared.setdefault(index, code)
+            party._codes = shared
+
+
+MAX_FAILED_IN_A_ROW = 3
+"""Reconciliation frames failing in a row after which Bob lowers beta (or stops)."""
+BETA_STEP = 0.03
+BETA_BACKOFFS = 2
+
+
+def _distill_frames(
+    distill: Any,
+    alice: Any,
+    bob: Any,
+    xr: np.ndarray,
+    yr: np.ndarray,
+    snr: float,
+    eve_bits: Any,
+    budget_s: float,
+) -> tuple[Any, str]:
+    """The two-party protocol of :func:`dsp.distill.distill_block`, with a time budget.
+
+    Bob sends one reconciliation frame after the other; the block stops early (keeping
+    the frames already accepted) when ``MAX_FAILED_IN_A_ROW`` frames fail in a row (the
+    SNR estimate does not suit the codes) or the budget is spent, so a bad block cannot
+    stall the other links. Returns the result and why it stopped early ("" if not).
+    """
+    import dataclasses
+
+    t0 = time.perf_counter()
+    chan = distill.InProcessChannel(alice)
+    alice.load_block(xr)
+    bob.load_block(yr)
+    frames: list[Any] = []
+    failed = 0
+    stopped = ""
+    party = bob.party
+    config = party.config
+    backoffs = 0
+    try:
+        while True:
+            built = bob.frame_message(snr)
+            if built is None:
+                break
+            data, st = built
+            st = bob.handle_ack(st.frame_id, chan.exchange(data))
+            frames.append(st)
+            failed = 0 if st.status == "ok" else failed + 1
+            if failed >= MAX_FAILED_IN_A_ROW:
+                beta = party.config.beta
+                if beta is not None and backoffs < BETA_BACKOFFS and beta - BETA_STEP > 0.5:
+                    # The codes do not decode at this efficiency here: ask for less (the
+                    # beta each frame used is in its FrameStart and in the accounting).
+                    party.config = dataclasses.replace(party.config, beta=beta - BETA_STEP)
+                    backoffs += 1
+                    failed = 0
+                    continue
+                stopped = f"{failed} reconciliation frames failed in a row ({st.status})"
+                break
+            if time.perf_counter() - t0 > budget_s:
+                stopped = f"time budget of {budget_s:g} s spent after {len(frames)} frames"
+                break
+    finally:
+        party.config = config
+    data, acct = bob.pa_message(eve_bits)
+    block_id, bob_keys = bob.handle_pa_ack(chan.exchange(data))
+    alice_keys: list[Any] = []
+    if alice.committed and alice.committed[-1][0] == block_id:
+        alice_keys = alice.committed[-1][1]
+    result = distill.BlockResult(
+        block_id=block_id,
+        alice_keys=alice_keys,
+        bob_keys=bob_keys,
+        frames=frames,
+        n_symbols_offered=int(yr.size),
+        accounting=acct,
+        seconds=time.perf_counter() - t0,
+    )
+    return result, stopped
 
 
 def _cal_values(calibration: Any) -> tuple[float, float, float]:
@@ -1233,11 +1437,3 @@ def _cal_values(calibration: Any) -> tuple[float, float, float]:
     v_el = float(get("v_el", 0.0))
     se = float(get("v_el_stderr", 0.0) or 0.0)
     return eta, v_el, se
-
-
-def _new_key_id() -> str:
-    return str(uuid.uuid4())
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -260,13 +260,14 @@ def render(directory: Path | str) -> list[Path]:
 
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("link", "link"),
-    ("distance_km", "distance (km)"),
+    ("distance_km", "km"),
     ("T", "T"),
     ("xi", "xi (SNU)"),
     ("snr", "SNR"),
     ("beta", "beta"),
-    ("key_rate_finite", "finite-size K (bit/sym)"),
-    ("keys_delivered", "keys delivered"),
+    ("key_rate_finite", "K finite (bit/sym)"),
+    ("key_rate_distilled", "K distilled"),
+    ("keys_delivered", "keys"),
     ("alarms", "alarms"),
     ("status", "status"),
 )
@@ -288,6 +289,7 @@ def summary_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
                 "snr": s.get("snr"),
                 "beta": s.get("beta"),
                 "key_rate_finite": s.get("key_rate_finite"),
+                "key_rate_distilled": s.get("key_rate_distilled"),
                 "keys_delivered": len(run.get("keys", {}).get(name, [])),
                 "alarms": f"{len(alarms)}" + (f" ({', '.join(kinds)})" if kinds else ""),
                 "status": link.get("status", "?")
@@ -305,7 +307,7 @@ def format_cell(key: str, value: Any) -> str:
             return f"{value:.4f}"
         if key in ("xi", "snr"):
             return f"{value:.4f}" if abs(value) < 10 else f"{value:.3g}"
-        if key == "key_rate_finite":
+        if key in ("key_rate_finite", "key_rate_distilled"):
             return f"{value:.3e}"
         if key == "distance_km":
             return f"{value:g}"

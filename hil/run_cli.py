@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
     )
     err = Console(stderr=True)
-    out = Console()
+    out = _console()
     with _Progress(err, enabled=not args.json) as progress:
         runner = Runner(bench, options, progress=progress.event)
         result = runner.run()
@@ -138,6 +138,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"qkd-hil run: failed: {run.get('reason', 'see the results folder')}", file=sys.stderr
         )
     return result.exit_code
+
+
+def _console() -> Any:
+    """A console wide enough for the summary table even when not on a terminal."""
+    from rich.console import Console
+
+    console = Console()
+    if console.width < 130:
+        console = Console(width=130)
+    return console
 
 
 class _Progress:
@@ -186,8 +196,11 @@ class _Progress:
             self.progress.update(
                 self.tasks[data["link"]], advance=1, note=str(data.get("note", ""))
             )
+            if not self.console.is_terminal:
+                self.console.log(f"{data['link']}: frame done {data.get('note', '')}")
         elif kind == "link_note" and data.get("link") in self.tasks:
             self.progress.update(self.tasks[data["link"]], note=str(data.get("note", "")))
+            self.console.log(f"{data['link']}: {data.get('note', '')}")
         elif kind == "alarm":
             self.console.log(f"[yellow]ALARM[/] {data.get('message', '')}")
         elif kind == "error":
@@ -205,7 +218,6 @@ def _session(bench_arg: str, scpi_log: Path | None) -> Any:
 
 
 def cmd_instruments(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     with _session(args.bench, args.scpi_log) as session:
@@ -218,7 +230,7 @@ def cmd_instruments(args: argparse.Namespace) -> int:
         table.add_column(col)
     for row in rows:
         table.add_row(row["name"], row["role"], row["resource"], row["idn"])
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
@@ -237,7 +249,11 @@ def cmd_otdr_scan(args: argparse.Namespace) -> int:
     from hil import plots
 
     with _session(args.bench, args.scpi_log) as session:
+        from hil.procedures import configure_otdr
+
         link = args.link or session.bench.links[0].name
+        session.link(link)  # a clear error for an unknown link
+        configure_otdr(session)
         session.route(link)
         scan = session.otdr_scan(link)
     if args.png:
@@ -268,14 +284,13 @@ def cmd_otdr_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     run = report.load(args.directory)
     written = report.render(args.directory)
     if args.json:
         print(json.dumps(report.summary_rows(run), indent=1))
         return 0
-    console = Console()
+    console = _console()
     console.print(report.summary_table(run))
     console.print(f"re-rendered {len(written)} plots in {args.directory}")
     return 0

@@ -94,10 +94,6 @@ class LinkState:
         return self.status in ("waiting", "running")
 
 
-class RunAbortedError(RuntimeError):
-    """A shared instrument or service failed: the run cannot go on."""
-
-
 class Runner:
     """One run of a bench; see the module docstring for the stages.
 
@@ -151,6 +147,8 @@ class Runner:
         self.errors: list[str] = []
         self.run_record: dict[str, Any] = {}
         self.t_wall0 = time.monotonic()
+        self.pool: Any = None
+        self.in_flight: list[tuple[LinkState, list[Any], Any, Any]] = []
 
     # ------------------------------------------------------------------ helpers
     def now(self) -> float:
@@ -161,7 +159,7 @@ class Runner:
 
     def _alarms(self, raised: list[Alarm]) -> None:
         for alarm in raised:
-            self.progress("alarm", message=alarm.message and f"{alarm.describe()}: {alarm.message}")
+            self.progress("alarm", message=f"{alarm.describe()}: {alarm.message}")
 
     def _fail_link(self, state: LinkState, message: str) -> None:
         state.status = "failed"
@@ -206,6 +204,9 @@ class Runner:
                 self._prepare_link(state)
             self._rounds()
             self._finish_blocks()
+            if self.in_flight:
+                self._stage(f"waiting for the distillation of {len(self.in_flight)} block(s)")
+                self._collect(wait=True)
             if self.delivery is not None:
                 self._stage("waiting for the KMEs to acknowledge every key block")
                 self.delivery.flush()
@@ -217,7 +218,7 @@ class Runner:
                     if not self.run_record["sae_check"].get("match"):
                         exit_code = 1
                         reason = self.run_record["sae_check"].get("message", "SAE check failed")
-        except (RunAbortedError, procedures.InstrumentFailureError) as exc:
+        except procedures.InstrumentFailureError as exc:  # a shared instrument failed
             exit_code, reason = 1, str(exc)
             self.errors.append(reason)
             self.progress("error", message=reason)
@@ -244,6 +245,9 @@ class Runner:
         return RunResult(self.run_record, self.directory, exit_code)
 
     def _close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
         if self.delivery is not None:
             try:
                 self.delivery.stop()
@@ -306,7 +310,8 @@ class Runner:
             self._alarms(state.monitor.check_power(before, self.now(), frame=f))
             every = self.bench.run.calibrate_every_frames
             if every and f > 0 and f - state.calibrated_at_frame >= every:
-                state.calibration = procedures.calibrate(self.session, link.name)
+                cfo = state.calibration.cfo_hz if state.calibration is not None else 0.0
+                state.calibration = procedures.calibrate(self.session, link.name, cfo)
                 state.calibrated_at_frame = f
             try:
                 data = procedures.key_frame(
@@ -354,6 +359,7 @@ class Runner:
                 record["status"] = "held"
             if len(state.block) >= self.bench.run.block_frames:
                 self._close_block(state)
+            self._collect()
             for hook in self.hooks:
                 hook(self, link.name, f)
             est = data.summary if data is not None else {}
@@ -411,27 +417,89 @@ class Runner:
             state.status = "done"
 
     def _close_block(self, state: LinkState) -> None:
+        """A full block: estimate it now; distil it inline or in the worker process."""
         from hil import procedures
 
         frames = state.block[: self.bench.run.block_frames]
         state.block = state.block[self.bench.run.block_frames :]
         block_id = state.next_block
         state.next_block += 1
+        for data in frames:
+            data.record["block"] = block_id
+        job = procedures.prepare_block(self.bench, state.link, block_id, frames, state.calibration)
+        if isinstance(job, dict):
+            self._block_done(state, frames, job)
+            return
         self.progress("link_note", link=state.name, note=f"block {block_id}: distilling")
-        if state.parties is None and self.bench.run.distill:
+        pool = self._pool()
+        if pool is None:
+            self._wait_link(state)
             try:
-                state.parties = procedures.new_parties(self.bench)
-            except procedures.DistillUnavailableError as exc:
-                self.progress("link_note", link=state.name, note=str(exc))
-        result = procedures.process_block(
-            self.bench,
-            state.link,
-            block_id,
-            frames,
-            state.calibration,
-            self.delivery,
-            state.parties,
+                state.parties, result = procedures.distill_job(
+                    self.bench, state.parties, job.x, job.y, job.snr, job.chi
+                )
+            except procedures.ProcedureError as exc:
+                self._block_done(state, frames, procedures.fail_block(job, exc))
+                return
+            out = procedures.finish_block(self.bench, state.link, job, result, self.delivery)
+            self._block_done(state, frames, out)
+            return
+        # The link's parties travel with its blocks: wait for its previous block first.
+        self._wait_link(state)
+        parties, state.parties = state.parties, None
+        future = pool.submit(
+            procedures.distill_job, self.bench, parties, job.x, job.y, job.snr, job.chi
         )
+        job.x = job.y = None  # type: ignore[assignment]  # the worker has its copy
+        self.in_flight.append((state, frames, job, future))
+
+    def _pool(self) -> Any:
+        """The distillation worker process (``run.distill_workers`` > 0), started lazily."""
+        if self.bench.run.distill_workers <= 0:
+            return None
+        if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.bench.run.distill_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+        return self.pool
+
+    def _collect(self, wait: bool = False) -> None:
+        """Finish the blocks the worker has distilled (all of them with ``wait``)."""
+        from hil import procedures
+
+        still = []
+        for state, frames, job, future in self.in_flight:
+            if not (wait or future.done()):
+                still.append((state, frames, job, future))
+                continue
+            try:
+                state.parties, result = future.result()
+            except Exception as exc:  # the worker died or the protocol failed
+                state.parties = None
+                if not isinstance(exc, procedures.ProcedureError):
+                    exc = procedures.ProcedureError(f"{type(exc).__name__}: {exc}")
+                self._block_done(state, frames, procedures.fail_block(job, exc))
+                continue
+            try:
+                out = procedures.finish_block(self.bench, state.link, job, result, self.delivery)
+            except procedures.ProcedureError as exc:
+                out = procedures.fail_block(job, exc)
+            self._block_done(state, frames, out)
+        self.in_flight = still
+
+    def _wait_link(self, state: LinkState) -> None:
+        """Block until the worker has returned this link's previous block (and parties)."""
+        for s, _frames, _job, future in self.in_flight:
+            if s is state:
+                future.exception()  # waits; errors are handled by _collect
+        self._collect()
+
+    def _block_done(self, state: LinkState, frames: list[Any], result: dict[str, Any]) -> None:
+        block_id = result["block"]
         for data in frames:
             data.record["block"] = block_id
             for key in ("key_rate_finite", "beta"):
@@ -443,6 +511,15 @@ class Runner:
             state.last_estimates = result["estimates"]
         if result.get("message"):
             self.progress("link_note", link=state.name, note=result["message"])
+        elif result.get("keys"):
+            k = result.get("key_rate_finite")
+            self.progress(
+                "link_note",
+                link=state.name,
+                note=f"block {block_id}: {len(result.get('key_ids_delivered', []))} keys "
+                f"delivered (K={k:.3g} bit/symbol, beta={result.get('beta', 0):.3f}, "
+                f"FER={result.get('fer', 0):.2f})",
+            )
 
     # ------------------------------------------------------------------ record
     def _new_record(self) -> dict[str, Any]:
@@ -515,6 +592,7 @@ class Runner:
                 "beta": last.get("beta"),
                 "key_rate_finite": last.get("key_rate_finite"),
                 "key_rate_asymptotic": last.get("key_rate_asymptotic"),
+                "key_rate_distilled": last.get("key_rate_distilled"),
                 "keys_delivered": len(state.keys),
             },
         }

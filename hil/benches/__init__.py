@@ -1,0 +1,1 @@
+"""Bundled bench files (``qkd-hil run <name>``): single-link, malta-p2mp, template-real."""
