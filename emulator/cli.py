@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     world = _build_world(args)
     if args.scenario:
         world.load_scenario(args.scenario)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     handle = serve(world, port=args.port, serial=args.serial)
     try:
         width = max((len(k) for k in handle.roles), default=8)
@@ -74,12 +77,7 @@ def run(args: argparse.Namespace) -> int:
         for role, resource in handle.roles.items():
             print(f"{role:<{width}}  {resource:<{rwidth}}  {handle.resources[resource]}")
         print("# serving; Ctrl-C to stop", flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
+        while not stop.wait(0.5):
             pass
     finally:
         handle.close()

@@ -197,7 +197,8 @@ def test_custom_sink_is_fed_and_key_buffers_are_wiped_after_ack(tmp_path) -> Non
     finally:
         srv.stop()
     assert sink.copies == dict(keys)
-    assert [b.block_id for b in sink.blocks] == [1, 2]
+    # Exactly once each; arrival order is not promised (a retry after a reconnect may overtake).
+    assert sorted(b.block_id for b in sink.blocks) == [1, 2]
     for b in sink.blocks:  # the KME's decoded key buffers were zeroed after the ACK
         assert all(v == bytearray(len(v)) for _, v in b.keys)
     outbox = tmp_path / "outbox.sqlite"
