@@ -1,4 +1,4 @@
-"""Privacy amplification by 2-universal hashing, exact, in FFT time.
+"""Privacy amplification by 2-universal hashing, exact.
 
 Two families, both with a fresh uniform seed per block:
 
@@ -6,23 +6,25 @@ Two families, both with a fresh uniform seed per block:
   Thorup, "High speed hashing for integers and strings", arXiv:1504.06804, sec. 3.3).
   For an ``n``-bit input ``x`` and ``a, b`` uniform below ``2^(n+l)``,
   ``h(x) = ((a x + b) mod 2^(n+l)) >> n`` is strongly universal onto ``l`` bits, so its
-  collision probability is exactly ``2^-l`` as the leftover hash lemma needs.
+  collision probability is exactly ``2^-l`` as the leftover hash lemma needs. Computed
+  with GMP big integers (``gmpy2``): the bit arrays are packed with ``np.packbits`` and
+  read with ``mpz.from_bytes``, one exact multiplication, and the ``l`` output bits are
+  unpacked again.
 * ``"toeplitz"``: ``l x n`` Toeplitz matrix over GF(2) defined by ``n + l - 1`` seed
-  bits (Krawczyk, CRYPTO 1994); ``h(x) = T x`` is 2-universal.
-
-Both products are computed exactly with a float64 real FFT. The integer product packs
-``s`` bits per limb, with ``s`` chosen so that the worst-case rounding error bound of
-the FFT convolution, ``||u||_2 ||v||_2 * 3 log2(N) * 4 eps`` (Brent, Percival and
-Zimmermann, "Error bounds on complex floating-point multiplication with an FFT", 2007),
-stays below 0.2; the Toeplitz product uses one bit per element (bound ~1e-6 at 1e8
-bits). Every run also checks that all convolution values are within 0.25 of an integer
-and raises otherwise, so a rounding error can never pass silently.
+  bits (Krawczyk, CRYPTO 1994); ``h(x) = T x`` is 2-universal. Computed with a float64
+  real FFT, one bit per element: the worst-case rounding bound of the convolution,
+  ``||u||_2 ||v||_2 * 3 log2(N) * 4 eps`` (Brent, Percival and Zimmermann, "Error bounds
+  on complex floating-point multiplication with an FFT", 2007), is ~1e-6 at 1e8 bits, and
+  every run also checks that all convolution values are within 0.25 of an integer and
+  raises otherwise, so a rounding error can never pass silently. About 10 times slower
+  than ``mas``; kept for peers that use the Toeplitz family.
 """
 
 from __future__ import annotations
 
 import math
 
+import gmpy2
 import numba
 import numpy as np
 import scipy.fft as sfft
@@ -37,7 +39,6 @@ __all__ = [
 ]
 
 PA_METHODS = ("mas", "toeplitz")
-_EPS = 2.0**-53
 _ROUND_TOL = 0.25
 
 
@@ -128,50 +129,15 @@ def toeplitz_hash(x: np.ndarray, seed: np.ndarray, l: int) -> np.ndarray:
     return out
 
 
-def _limb_bits(length_bits: int) -> int:
-    for s in range(20, 0, -1):
-        limbs = -(-length_bits // s)
-        nfft = 2 * limbs + 2
-        bound = (2.0**s - 1) ** 2 * limbs * 3.0 * math.log2(max(nfft, 2)) * 4.0 * _EPS
-        if bound < 0.2:
-            return s
-    return 1
+def _to_mpz(bits: np.ndarray) -> gmpy2.mpz:
+    """The integer whose bit ``i`` is ``bits[i]``."""
+    return gmpy2.mpz.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
 
 
-@numba.njit(cache=True)
-def _to_limbs(bits, s, nlimbs):  # pragma: no cover - compiled
-    out = np.zeros(nlimbs, dtype=np.float64)
-    for i in range(nlimbs):
-        v = 0
-        base = i * s
-        top = min(s, bits.size - base)
-        for k in range(top):
-            v |= np.int64(bits[base + k]) << k
-        out[i] = v
-    return out
-
-
-@numba.njit(cache=True)
-def _round_carry_bits(c, add, s, lo, hi, tol):  # pragma: no cover - compiled
-    """Round the convolution, add ``add``, propagate carries, return bits ``lo:hi``."""
-    out = np.zeros(hi - lo, dtype=np.uint8)
-    mask = (np.int64(1) << s) - 1
-    carry = np.int64(0)
-    worst = 0.0
-    for i in range(c.size):
-        r = np.rint(c[i])
-        err = abs(c[i] - r)
-        if err > worst:
-            worst = err
-        v = np.int64(r) + np.int64(add[i]) + carry
-        limb = v & mask
-        carry = v >> s
-        base = i * s
-        for k in range(s):
-            pos = base + k
-            if lo <= pos < hi:
-                out[pos - lo] = (limb >> k) & 1
-    return out, worst <= tol
+def _from_mpz(value: gmpy2.mpz, nbits: int) -> np.ndarray:
+    """The ``nbits`` low bits of ``value >= 0``, least significant first."""
+    raw = value.to_bytes(-(-nbits // 8), "little")
+    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[:nbits]
 
 
 def mas_hash(x: np.ndarray, seed: np.ndarray, l: int) -> np.ndarray:
@@ -195,20 +161,9 @@ def mas_hash(x: np.ndarray, seed: np.ndarray, l: int) -> np.ndarray:
     w = n + l
     if sb.size != 2 * w:
         raise ValueError(f"multiply-add-shift seed has {sb.size} bits, needs 2(n + l) = {2 * w}")
-    s = _limb_bits(w)
-    la = -(-w // s)
-    lx = -(-n // s)
-    a = _to_limbs(sb[:w], s, la)
-    b = _to_limbs(sb[w:], s, la)
-    xl = _to_limbs(xb, s, lx)
-    size = sfft.next_fast_len(la + lx - 1, real=True)
-    fa = sfft.rfft(a, size)
-    fa *= sfft.rfft(xl, size)
-    conv = sfft.irfft(fa, size)[:la]
-    bits, exact = _round_carry_bits(conv, b, s, n, w, _ROUND_TOL)
-    if not exact:
-        raise ArithmeticError("FFT convolution not exact (rounding error above 0.25)")
-    return bits
+    a, b = _to_mpz(sb[:w]), _to_mpz(sb[w:])
+    h = gmpy2.f_mod_2exp(a * _to_mpz(xb) + b, w) >> n
+    return _from_mpz(h, l)
 
 
 def hash_bits(x: np.ndarray, seed: np.ndarray, l: int, method: str = "mas") -> np.ndarray:

@@ -107,10 +107,11 @@ def test_messages_round_trip_and_reject_garbage():
         decode_payload(99, b"")
 
 
-def test_mas_exact_at_larger_size_against_big_integers():
-    # 3e5 input bits: 11-bit limbs, FFT length ~6e4, many carries; Python ints are exact.
-    rng = np.random.default_rng(8)
-    n, l = 300_000, 40_000
+@pytest.mark.parametrize("n,l", [(300_001, 40_003), (1_000_000, 999_993)])
+def test_mas_exact_at_larger_size_against_big_integers(n, l):
+    # GMP (FFT multiplication at these sizes) against Python's own integers, sizes not
+    # multiples of 8 so that the packing edges are exercised.
+    rng = np.random.default_rng(n)
     x = rng.integers(0, 2, n).astype(np.uint8)
     seed = rng.integers(0, 2, seed_bits(n, l, "mas")).astype(np.uint8)
 
