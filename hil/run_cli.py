@@ -130,8 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             out.print(f"[red]error[/] {error}")
         sae = run.get("sae_check")
         if sae:
-            colour = "green" if sae.get("match") else "red"
-            out.print(f"[{colour}]SAE check[/] {sae.get('message', '')}")
+            for line in sae.get("message", "").split("; "):
+                ok = line.endswith("MATCH") and not line.endswith("MISMATCH")
+                out.print(f"[{'green' if ok else 'red'}]SAE check[/] {line}")
         out.print(f"results: {result.directory}")
     if result.exit_code:
         print(
