@@ -15,14 +15,17 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import pyvisa
 
 from drivers.base import Instrument, InstrumentError
 
 __all__ = ["DiconSwitch", "OpticalSwitch", "SerialSwitch", "parse_ports"]
+
+T = TypeVar("T")
 
 
 def parse_ports(reply: str) -> list[int]:
@@ -46,6 +49,14 @@ def _last_int(reply: str) -> int:
     return int(numbers[-1])
 
 
+def _parsed(resource: str, command: str, reply: str, parse: Callable[[str], T]) -> T:
+    """``parse(reply)``; a reply that does not parse raises ``InstrumentError`` naming it."""
+    try:
+        return parse(reply)
+    except ValueError as exc:
+        raise InstrumentError(resource, command, None, f"{exc} (reply {reply!r})") from None
+
+
 class OpticalSwitch(Instrument):
     """SCPI 1xN switch: input A routed to one of the outputs 1..N."""
 
@@ -54,20 +65,12 @@ class OpticalSwitch(Instrument):
     @property
     def ports(self) -> list[int]:
         """The output ports this switch has (from ``ROUT1:CONF?``)."""
-        reply = self.query("ROUT1:CONF?")
-        try:
-            return parse_ports(reply)
-        except ValueError as exc:
-            raise InstrumentError(self.resource_name, "ROUT1:CONF?", None, str(exc)) from None
+        return _parsed(self.resource_name, "ROUT1:CONF?", self.query("ROUT1:CONF?"), parse_ports)
 
     @property
     def port(self) -> int:
         """The output port input A is routed to."""
-        reply = self.query("ROUT1:CHAN1?")
-        try:
-            return _last_int(reply)
-        except ValueError as exc:
-            raise InstrumentError(self.resource_name, "ROUT1:CHAN1?", None, str(exc)) from None
+        return _parsed(self.resource_name, "ROUT1:CHAN1?", self.query("ROUT1:CHAN1?"), _last_int)
 
     @port.setter
     def port(self, value: int) -> None:
@@ -192,19 +195,11 @@ class DiconSwitch:
 
     @property
     def ports(self) -> list[int]:
-        reply = self._ask("CF?")
-        try:
-            return parse_ports(reply)
-        except ValueError as exc:
-            raise InstrumentError(self.resource_name, "CF?", None, str(exc)) from None
+        return _parsed(self.resource_name, "CF?", self._ask("CF?"), parse_ports)
 
     @property
     def port(self) -> int:
-        reply = self._ask("I1?")
-        try:
-            return _last_int(reply)
-        except ValueError:
-            raise InstrumentError(self.resource_name, "I1?", None, f"reply {reply!r}") from None
+        return _parsed(self.resource_name, "I1?", self._ask("I1?"), _last_int)
 
     @port.setter
     def port(self, value: int) -> None:
