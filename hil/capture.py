@@ -42,7 +42,7 @@ from dsp.calibration import calibrate
 from dsp.estimation import estimate_parameters
 from dsp.frame import FrameFormat, FrameFormatError
 from dsp.keyrate import key_rate_from_estimates
-from dsp.rx import AdcScaling, process_frame
+from dsp.rx import AdcScaling, correct_for_phase_error, process_frame
 from dsp.waveform import TxFrame, alice_modulation_variance
 
 CAPTURE_FORMAT_VERSION = 1
@@ -241,7 +241,10 @@ def analyse_capture(
     """Bob's DSP, calibration, parameter estimation and key rate for one capture.
 
     All symbols serve for estimation after reconciliation (Ruppert et al. 2014) and for the
-    residual global phase. Returns a JSON-ready dict (finite floats only).
+    residual global phase. ``estimates`` (what security uses) count everything, the
+    receiver's residual phase error included; ``channel_estimates`` take the measured phase
+    error out (:func:`dsp.rx.correct_for_phase_error`) to judge the channel itself.
+    Returns a JSON-ready dict (finite floats only).
     """
     fmt = cap.fmt
     v_a = alice_modulation_variance(
@@ -257,6 +260,7 @@ def analyse_capture(
         n0=None,
         revealed_index=np.arange(alpha.size),
         revealed_alpha=alpha,
+        measure_phase=True,
     )
     cal = calibrate(
         (cap.shot_i, cap.shot_q, *cap.shot_scale),
@@ -278,6 +282,12 @@ def analyse_capture(
         symbols="amplitude",
     )
     rate = key_rate_from_estimates(est, beta, trusted=trusted)
+    se = _with_calibration(est, cal.n0_rel_stderr)
+    pe = res.phase_error_measured
+    assert pe is not None
+    channel = correct_for_phase_error(
+        est.T, se["T_stderr"], est.xi, se["xi_stderr"], v_a, pe.var, pe.stderr
+    )
     out: dict[str, Any] = {
         "capture_format_version": CAPTURE_FORMAT_VERSION,
         "frame_format_version": fmt.version,
@@ -293,6 +303,9 @@ def analyse_capture(
             "linewidth_hz": res.linewidth_hz,
             "phase_excess_model": res.phase_excess * v_a,
             "phase_error_var_model": res.phase_error_var,
+            "phase_error_var": pe.var,
+            "phase_error_var_stderr": pe.stderr,
+            "phase_error_parts": {"noise": pe.noise, "lag": pe.lag, "tail": pe.tail},
             "preamble_peak": res.preamble_peak,
             "phase": res.phase,
         },
@@ -306,7 +319,13 @@ def analyse_capture(
             "electronic_samples": cal.n_el,
         },
         "estimates": est.as_dict(),
-        "stderr_with_calibration": _with_calibration(est, cal.n0_rel_stderr),
+        "stderr_with_calibration": se,
+        "channel_estimates": {
+            "T": channel.T,
+            "T_stderr": channel.T_stderr,
+            "xi": channel.xi,
+            "xi_stderr": channel.xi_stderr,
+        },
         "key_rate": _jsonable(rate),
         "metadata": cap.metadata,
     }

@@ -5,7 +5,8 @@ The full criterion-1 validation (20 frames of 1e6 symbols at 5, 25, 50 and 100 k
 widened accordingly: for ``k`` frames the mean has standard error ``SE / sqrt(k)`` and we
 allow 3 of those (0.3 % two-sided false alarm per assertion). The excess noise that laser
 phase noise adds (``rx.phase_noise_excess``, tracking residual plus pilot leakage) is part
-of what the DSP measures, so xi-hat is compared with ``truth + model``.
+of what the DSP measures, so xi-hat is compared with ``truth + model``; the channel
+estimates (measured residual phase error taken out) are compared with the truth itself.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def test_emulated_25km_estimates_match_truth(link25):
     # T: phase error sigma^2 ~ 0.003 costs ~0.3 % of T, added to the statistical allowance
     assert abs(t.mean() - truth["T"]) < 3 * t_se / math.sqrt(k) + 0.004 * truth["T"]
     assert abs(xi.mean() - truth["xi"] - model) < 3 * xi_se / math.sqrt(k) + 0.3 * model
+    # with the measured residual phase error taken out, the channel estimates are unbiased
+    for name in ("T", "xi"):
+        vals = np.array([r["channel_estimates"][name] for r in results])
+        se = np.mean([r["channel_estimates"][f"{name}_stderr"] for r in results])
+        assert abs(vals.mean() - truth[name]) < 3 * se / math.sqrt(k)
+    for r in results:
+        pe = r["dsp"]["phase_error_var"]
+        assert (
+            0.5 * r["dsp"]["phase_error_var_model"] < pe < 1.5 * r["dsp"]["phase_error_var_model"]
+        )
 
 
 def test_emulated_capture_cli_reproduces_exactly(link25, tmp_path):

@@ -98,3 +98,44 @@ def test_clipping_detection_ignores_gaussian_tails():
     clipped = np.clip(np.rint(rng.normal(0, 900, 200_000)), -2048, 2047).astype(np.int16)
     with pytest.raises(rx.ClippingError, match="CH1"):
         rx.check_clipping(clipped, codes)
+
+
+def test_measured_phase_error_matches_the_true_tracking_error():
+    """rx.measure_phase_error against the actual error of the smoothed carrier phase."""
+    rng = np.random.default_rng(21)
+    n = 1 << 21
+    m = np.arange(n)
+    nu_p = FMT.pilot_offset_hz / FMT.adc_rate_hz
+    walk = np.cumsum(rng.normal(0, math.sqrt(2 * np.pi * 200e3 / 1e9), n))
+    phi = 2 * np.pi * 12e6 / 1e9 * m + walk
+    x = 3.0 * (
+        np.exp(1j * (phi + 2 * np.pi * nu_p * m)) + np.exp(1j * (phi - 2 * np.pi * nu_p * m))
+    )
+    x = (x + rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(np.complex64)  # snr 9
+    spec = rx.spectrum(x, n)
+    search = rx.find_pilots(spec, FMT)
+    clock = rx.recover_clock(rx.extract_pilots(spec, search, 2e6, FMT, n), FMT)
+    b = rx.pilot_halfwidth(9.0, FMT, 200e3)
+    track = rx.combine_pilots(rx.extract_pilots(spec, search, b, FMT, n), clock, FMT)
+    assert track.snr == pytest.approx(9.0, rel=0.05)
+    edge = int(FMT.capture_margin / 2 / track.step)
+    j = np.arange(edge, int(n / track.step) - edge)
+    err = track.theta[j] - walk[np.round(j * track.step).astype(int)]
+    err -= np.polyval(np.polyfit(j, err, 1), j)
+    true_var = float(np.var(err))
+    est = rx.measure_phase_error(spec, search, clock, FMT, b, 200e3, n)
+    # model ~ sqrt(pi dnu / (snr fs)) / 2 = 4.2e-3; the estimate within 3 of its SEs + 5 %
+    assert est.var == pytest.approx(true_var, abs=3 * est.stderr + 0.05 * true_var)
+    assert est.noise > 0 and est.lag > 0 and est.tail >= 0
+
+
+def test_phase_error_correction_inverts_the_gain_loss():
+    t, xi, v_a, s = 0.3, 0.02, 4.0, 0.01
+    seen_t = t * math.exp(-s)
+    seen_xi = xi * math.exp(s) + v_a * (math.exp(s) - 1)
+    c = rx.correct_for_phase_error(seen_t, 1e-3, seen_xi, 1e-2, v_a, s, 0.0)
+    assert abs(c.T - t) < 1e-12
+    assert c.xi == pytest.approx(xi, abs=1e-12)
+    assert abs(c.T_stderr - 1e-3 * math.exp(s)) < 1e-15
+    wider = rx.correct_for_phase_error(seen_t, 1e-3, seen_xi, 1e-2, v_a, s, 1e-3)
+    assert wider.T_stderr > c.T_stderr and wider.xi_stderr > c.xi_stderr
