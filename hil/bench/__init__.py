@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-AREAS: tuple[str, ...] = ("instruments", "dsp", "distill", "kms")
+AREAS: tuple[str, ...] = ("instruments", "dsp", "distill", "e2e", "kms")
 
 
 @dataclass
