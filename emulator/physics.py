@@ -33,9 +33,12 @@ PHASES = 1024
 KAISER_BETA = 9.0
 """Kaiser window shape (interpolation error about -94 dB up to 0.4 fs with 32 taps)."""
 
-PHASE_BLOCK = 16
-"""Laser phase noise is drawn once per 16 ADC samples and interpolated linearly inside: the
-Wiener phase spectrum above fs/32 is negligible for kHz-MHz linewidths."""
+PHASE_BLOCK = 1
+"""ADC samples per laser phase-noise increment (the phase is linear inside a block). One:
+a Wiener phase at the full sample rate keeps the Lorentzian skirts of a strong pilot tone
+out to the Nyquist frequency, where part of them falls into the quantum band (with 100 kHz
+lasers and 15 dB pilots that is ~0.02 SNU of excess noise, see docs/dsp.md); coarser blocks
+would cut those skirts off above ``fs / (2 PHASE_BLOCK)`` and flatter the receiver."""
 
 ADC_BITS = 12
 ADC_LSB_SHIFT = 16 - ADC_BITS
