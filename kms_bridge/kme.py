@@ -54,7 +54,9 @@ def make_sink(cfg: KmeConfig) -> KeySink:
 
 def _bind_http(cfg: KmeConfig) -> socket.socket:
     family = socket.AF_INET6 if ":" in cfg.http_host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on connections accepted from such a
+    # socket; without it each response's second TLS record waited ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((cfg.http_host, cfg.http_port))
