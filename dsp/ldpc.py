@@ -12,6 +12,10 @@ float64 inside a check. It decodes a *syndrome*: it looks for the word ``w`` wit
 ``H w = s`` that best matches the channel LLRs, which is what reverse reconciliation
 needs (Bob sends the syndrome of his word, Alice holds the LLRs). The choice of this
 decoder over alternatives was measured; see ``docs/distillation.md``.
+
+:func:`de_converges` and :func:`de_threshold` run sum-product density evolution of an
+ensemble (population dynamics) on any symmetric channel given as an LLR sampler; the code
+family's ensembles were chosen with them.
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ _RSU_HALF = _irregular(
 # and LDGM degree; thresholds and the measured operating points (frame error rate <= 0.1
 # through the MD reconciliation) are in docs/distillation.md.
 _MET_CODES = (
-    ("met-r0.033", 0.033, 0.0495, 2.5, 0.45, 103, 300, 0.87, 0.92),
+    ("met-r0.033", 0.033, 0.0495, 2.5, 0.45, 103, 300, 0.87, 0.93),
     ("met-r0.065", 0.065, 0.0975, 2.6, 0.45, 106, 300, 0.86, 0.90),
     ("met-r0.10", 0.10, 0.125, 3.0, 0.45, 110, 300, 0.87, 0.90),
     ("met-r0.18", 0.18, 0.207, 3.5, 0.45, 120, 250, 0.88, 0.90),

@@ -5,7 +5,7 @@ the stated SNR, through the real multidimensional reverse reconciliation):
 
 * ``beta@snr=S`` / ``fer@snr=S``: the efficiency of the code rate actually used (after
   puncturing/shortening) and the frame error rate (decoding or verification failure) at
-  the family's operating point for that SNR, over 16 frames of 1e5 bits (8 of 2e4 with
+  the family's operating point for that SNR, over 30 frames of 1e5 bits (8 of 2e4 with
   ``--quick``); ``eff_beta@snr=S = beta * (1 - FER)`` charges the frame errors. The
   full table (60 frames per point, 1e6-bit frames at SNR <= 0.3, ~20 min on two cores):
   ``QKD_BENCH_DISTILL_FULL=1 make bench`` or ``python -m hil.bench.distill --full``.
@@ -259,7 +259,7 @@ def run(quick: bool) -> list[Row]:
     """All distillation rows (``quick``: fewer frames, smaller sizes; the full table with
     ``QKD_BENCH_DISTILL_FULL=1``, 60 frames per point at ``FULL_BLOCKS``)."""
     block = 20_000 if quick else 100_000
-    rows = beta_table(FULL_BLOCKS, 60) if _full() else beta_table(block, 8 if quick else 16)
+    rows = beta_table(FULL_BLOCKS, 60) if _full() else beta_table(block, 8 if quick else 30)
     rows.append(reconcile_throughput(block, 2 if quick else 6))
     rows.append(decoder_comparison(block))
     rows += pa_throughput(10**6 if quick else 10**7)
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=None, help="frames per SNR point")
     ap.add_argument("--block", type=int, default=None, help="one frame length for all")
     args = ap.parse_args(argv)
-    frames = args.frames or (60 if args.full else 16)
+    frames = args.frames or (60 if args.full else 30)
     block = args.block or (FULL_BLOCKS if args.full else 100_000)
     for row in beta_table(block, frames):
         print(f"{row.name:28s} {row.value:8.4f}  {row.unit}", flush=True)
