@@ -20,7 +20,7 @@ from hil.bench.e2e import distil_emulated_link, rows_from
 
 @pytest.fixture(scope="module")
 def short_run():
-    return distil_emulated_link(frames=1, n_symbols=1 << 18, seed=7)
+    return distil_emulated_link(frames=1, n_symbols=1 << 18, seed=7, block_bits=100_000, beta=0.83)
 
 
 def test_e2e_short_block_accounting(short_run):
