@@ -642,24 +642,28 @@ def _interp_table(taps: int = INTERP_TAPS, phases: int = INTERP_PHASES) -> np.nd
     return np.ascontiguousarray(h.astype(np.float32))
 
 
-@numba.njit(cache=True, nogil=True)
-def _interp_kernel(y: np.ndarray, times: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+@numba.njit(cache=True, nogil=True, inline="always")
+def _interp_at(y: np.ndarray, t: float, table: np.ndarray) -> complex:
+    """Polyphase interpolation of ``y`` at the (fractional) sample instant ``t``."""
     taps = table.shape[1]
     phases = table.shape[0] - 1
-    half = taps // 2
+    n = int(math.floor(t))  # noqa: RUF046 (numba)
+    p = int((t - n) * phases + 0.5)
+    base = n - taps // 2 + 1
+    accr = 0.0
+    acci = 0.0
+    for j in range(taps):
+        v = y[base + j]
+        w = table[p, j]
+        accr += w * v.real
+        acci += w * v.imag
+    return complex(accr, acci)
+
+
+@numba.njit(cache=True, nogil=True)
+def _interp_kernel(y: np.ndarray, times: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     for m in range(times.size):
-        t = times[m]
-        n = int(math.floor(t))  # noqa: RUF046 (numba)
-        p = int((t - n) * phases + 0.5)
-        base = n - half + 1
-        accr = 0.0
-        acci = 0.0
-        for j in range(taps):
-            v = y[base + j]
-            w = table[p, j]
-            accr += w * v.real
-            acci += w * v.imag
-        out[m] = complex(accr, acci)
+        out[m] = _interp_at(y, times[m], table)
 
 
 def interpolate(y2: np.ndarray, times: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
@@ -742,8 +746,6 @@ def _sample_cyclic_kernel(
     Returns the number of slots whose instant falls outside the usable record.
     """
     taps = table.shape[1]
-    phases = table.shape[0] - 1
-    half = taps // 2
     bad = 0
     for k in range(out.size):
         c = t0 + k * step
@@ -757,17 +759,7 @@ def _sample_cyclic_kernel(
             bad += 1
             out[k] = 0j
             continue
-        n = int(math.floor(t))  # noqa: RUF046 (numba)
-        p = int((t - n) * phases + 0.5)
-        base = n - half + 1
-        accr = 0.0
-        acci = 0.0
-        for j in range(taps):
-            v = y[base + j]
-            w = table[p, j]
-            accr += w * v.real
-            acci += w * v.imag
-        out[k] = complex(accr, acci)
+        out[k] = _interp_at(y, t, table)
     return bad
 
 
