@@ -977,19 +977,28 @@ def _reveal_indices(n: int, count: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=count, replace=False))
 
 
+MONITOR_READINGS = 16
+"""Transmitter monitor readings averaged for each V_A measurement."""
+
+
 def _set_modulation_variance(
     t: Any, frame: Any, freq_hz: float, dac_rate: float, target: float
 ) -> float:
     """Set the VOA so the monitor power gives ``V_A = target``; return the V_A obtained.
 
     ``V_A`` is proportional to the output power (``dsp.waveform.alice_modulation_variance``),
-    so one reading at the present attenuation gives the correction in dB; a second
-    reading measures what was obtained.
+    so one measurement at the present attenuation gives the correction in dB; a second
+    measures what was obtained (each the mean of ``MONITOR_READINGS`` readings).
     """
     from dsp.waveform import alice_modulation_variance
 
     def measure() -> float:
-        p_w = grid.dbm_to_watt(float(t.monitor_power_dbm))
+        # Mean of several readings: one carries up to 0.01 dB of noise, i.e. 0.23 % of V_A
+        # and of T-hat, more than a block's statistical error at short range.
+        p_w = (
+            sum(grid.dbm_to_watt(float(t.monitor_power_dbm)) for _ in range(MONITOR_READINGS))
+            / MONITOR_READINGS
+        )
         if p_w <= 0:
             raise ProcedureError("transmitter monitor reads no output power")
         return alice_modulation_variance(p_w, freq_hz, frame, dac_rate)
