@@ -1078,7 +1078,8 @@ def prepare_block(
     Estimation uses all symbols after reconciliation (Ruppert et al. 2014) when
     ``run.pe_fraction`` is 0, else a random disclosed subset (Leverrier et al. 2010).
     Returns the block's final record (a dict) when no key can be made (no estimate,
-    finite-size rate not positive, distillation disabled), else a :class:`BlockJob`.
+    finite-size rate not positive or bounding the block below one key, distillation
+    disabled), else a :class:`BlockJob`.
     """
     from dsp import estimation, keyrate
 
@@ -1147,6 +1148,13 @@ def prepare_block(
         out["message"] = (
             f"block {block_id}: finite-size key rate {fs.rate:.3g} bit/symbol <= 0 at "
             f"N={n_total}: no key"
+        )
+        return out
+    if fs.rate * n_total < bench.kms.key_size_bits:
+        out["message"] = (
+            f"block {block_id}: finite-size key rate {fs.rate:.3g} bit/symbol at N={n_total} "
+            f"bounds the block's key to {fs.rate * n_total:.0f} bits, less than one "
+            f"{bench.kms.key_size_bits}-bit key: no key"
         )
         return out
     if not run.distill:
