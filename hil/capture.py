@@ -79,6 +79,24 @@ class CaptureFile:
     dac_rate_hz: float
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def alice_alpha(self) -> tuple[float, np.ndarray]:
+        """``(V_A, alpha)``: the modulation variance from the monitor power and Alice's
+        symbols as coherent-state amplitudes in shot-noise units."""
+        v_a = alice_modulation_variance(
+            self.monitor_power_w, self.frequency_hz, self.tx_frame(), self.dac_rate_hz
+        )
+        return v_a, self.alice_symbols * math.sqrt(0.5 * v_a)
+
+    def calibration(self, cfo_hz: float) -> Any:
+        """The shot- and electronic-noise calibration of this capture at the frame's CFO."""
+        return calibrate(
+            (self.shot_i, self.shot_q, *self.shot_scale),
+            (self.el_i, self.el_q, *self.el_scale),
+            self.eta,
+            self.fmt,
+            cfo_hz=cfo_hz,
+        )
+
     def tx_frame(self) -> TxFrame:
         """Alice's frame data as far as the analysis needs it (no DAC samples)."""
         empty = np.zeros(0, dtype=np.int16)
@@ -247,10 +265,7 @@ def analyse_capture(
     Returns a JSON-ready dict (finite floats only).
     """
     fmt = cap.fmt
-    v_a = alice_modulation_variance(
-        cap.monitor_power_w, cap.frequency_hz, cap.tx_frame(), cap.dac_rate_hz
-    )
-    alpha = cap.alice_symbols * math.sqrt(0.5 * v_a)
+    v_a, alpha = cap.alice_alpha()
     res = process_frame(
         cap.i,
         cap.q,
@@ -262,13 +277,7 @@ def analyse_capture(
         revealed_alpha=alpha,
         measure_phase=True,
     )
-    cal = calibrate(
-        (cap.shot_i, cap.shot_q, *cap.shot_scale),
-        (cap.el_i, cap.el_q, *cap.el_scale),
-        cap.eta,
-        fmt,
-        cfo_hz=res.cfo_hz,
-    )
+    cal = cap.calibration(res.cfo_hz)
     y = res.symbols / np.float32(math.sqrt(cal.n0))
     est = estimate_parameters(
         alpha,

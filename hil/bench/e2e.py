@@ -67,7 +67,6 @@ def distil_emulated_link(
     the key rates they are compared with (bits per complex symbol).
     """
     from dsp import keyrate
-    from dsp.calibration import calibrate
     from dsp.distill import Alice, Bob, DistillConfig, distill_block
     from dsp.estimation import estimate_parameters
     from dsp.frame import FrameFormat
@@ -87,10 +86,7 @@ def distil_emulated_link(
     t0 = time.perf_counter()
     xs, ys, v_as, v_els, v_el_ses = [], [], [], [], []
     for cap in caps:
-        va = alice_modulation_variance(
-            cap.monitor_power_w, cap.frequency_hz, cap.tx_frame(), cap.dac_rate_hz
-        )
-        alpha = cap.alice_symbols * math.sqrt(0.5 * va)
+        va, alpha = cap.alice_alpha()
         shown = np.sort(rng.choice(alpha.size, size=reveal, replace=False))
         res = process_frame(
             cap.i,
@@ -102,13 +98,7 @@ def distil_emulated_link(
             revealed_index=shown,
             revealed_alpha=alpha[shown],
         )
-        cal = calibrate(
-            (cap.shot_i, cap.shot_q, *cap.shot_scale),
-            (cap.el_i, cap.el_q, *cap.el_scale),
-            cap.eta,
-            fmt,
-            cfo_hz=res.cfo_hz,
-        )
+        cal = cap.calibration(res.cfo_hz)
         keep = np.ones(alpha.size, dtype=bool)
         keep[shown] = False
         xs.append(alpha[keep])
