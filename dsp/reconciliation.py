@@ -28,6 +28,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from dsp.ldpc import LLR_CLIP, Ensemble, LDPCCode, build_code, decode_syndrome, syndrome
@@ -85,11 +86,30 @@ def _octonion_table() -> np.ndarray:
 
 
 _OCT = _octonion_table()
+_OCT_K = np.argmax(np.abs(_OCT), axis=2)
+_OCT_S = np.take_along_axis(_OCT, _OCT_K[:, :, None], axis=2)[:, :, 0]
 
 
 def octonion_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise octonion product of ``(k, 8)`` arrays."""
-    return np.einsum("ni,nj,ijk->nk", a, b, _OCT, optimize=True)
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != DIM or b.shape != a.shape:
+        raise ValueError(f"octonion product needs two (k, 8) arrays, got {a.shape}, {b.shape}")
+    return _oct_mul(a, b, _OCT_K, _OCT_S)
+
+
+@numba.njit(cache=True)
+def _oct_mul(a, b, kk, ss):  # pragma: no cover - compiled
+    """``e_i e_j = ss[i, j] e_kk[i, j]``: 64 signed products per row (no BLAS, so one
+    core and no thread pool)."""
+    out = np.zeros_like(a)
+    for r in range(a.shape[0]):
+        for i in range(DIM):
+            ai = a[r, i]
+            for j in range(DIM):
+                out[r, kk[i, j]] += ss[i, j] * ai * b[r, j]
+    return out
 
 
 def octonion_conj(a: np.ndarray) -> np.ndarray:

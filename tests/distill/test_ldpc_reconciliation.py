@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import pytest
 
-from dsp.ldpc import Ensemble, build_code, de_converges, decode_syndrome, syndrome
+from dsp.ldpc import (
+    BLOCK_CHECKS,
+    Ensemble,
+    _code_schedule,
+    _tanh_half,
+    _two_atanh,
+    build_code,
+    de_converges,
+    decode_syndrome,
+    syndrome,
+)
 from dsp.reconciliation import (
     DIM,
     alice_decode,
@@ -55,6 +66,53 @@ def test_decoder_corrects_and_reports_failure(half_code):
         assert res.success is expect
         if expect:
             assert np.array_equal(res.word, w)
+
+
+def test_decoder_schedule_is_a_partition_into_conflict_free_blocks(family):
+    code = family[2].build()
+    perm, chk_order, blk_deg, blk_cnt, blk_off, blk_c1, idx = _code_schedule(code)
+    idx = perm[idx]
+    assert np.array_equal(np.sort(chk_order), np.arange(code.m))
+    assert blk_cnt.max() <= BLOCK_CHECKS and blk_off[-1] == code.edges
+    first = np.concatenate([[0], np.cumsum(blk_cnt)])
+    for b in range(blk_deg.size):
+        slots = idx[blk_off[b] : blk_off[b + 1]].reshape(blk_deg[b], blk_cnt[b])
+        assert np.unique(slots).size == slots.size  # no variable twice in a block
+        for j, c in enumerate(chk_order[first[b] : first[b + 1]]):
+            assert set(slots[:, j]) == set(code.chk_var[code.chk_ptr[c] : code.chk_ptr[c + 1]])
+        if blk_c1[b]:
+            assert np.all(np.diff(code.var_ptr)[slots[0]] == 1)
+
+
+@numba.njit
+def _apply(f, x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = f(x[i])
+    return out
+
+
+@numba.njit
+def _tanh0(q):
+    return _tanh_half(q, np.float32(0.0))
+
+
+def test_decoder_float32_tanh_and_atanh_within_5e7_relative():
+    q = np.linspace(-40.0, 40.0, 400_001).astype(np.float32)
+    ref = np.tanh(q.astype(np.float64) / 2)
+    got = _apply(_tanh0, q)
+    assert np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-30)) < 5e-7
+    x = (np.logspace(-9, 0, 200_000) * (1 - 1e-7)).astype(np.float32)
+    x = np.concatenate([x, -x])
+    ref = 2 * np.arctanh(x.astype(np.float64))
+    assert np.max(np.abs(_apply(_two_atanh, x) - ref) / np.abs(ref)) < 5e-7
+
+
+def test_decoder_rejects_non_finite_llrs(half_code):
+    llr = np.zeros(half_code.n)
+    llr[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        decode_syndrome(half_code, llr, np.zeros(half_code.m, dtype=np.uint8))
 
 
 def test_octonion_identities():
