@@ -85,7 +85,8 @@ class Estimates:
     ``n_total`` is the block size (None when unknown), ``all_symbols`` whether those
     ``n`` are the whole block (Ruppert 2014) rather than a disclosed subset.
     ``eps_pe`` is None when no worst-case bound was asked for, and then the worst-case
-    fields equal the point estimates.
+    fields equal the point estimates. ``T_stderr`` and ``xi_stderr`` include the
+    shot-noise calibration's error (``*_calibration``, zero when ``n0_rel_stderr`` was 0).
     """
 
     n: int
@@ -113,6 +114,9 @@ class Estimates:
     sigma2_max: float
     T_worst: float
     xi_worst: float
+    n0_rel_stderr: float = 0.0
+    T_stderr_calibration: float = 0.0
+    xi_stderr_calibration: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready: no NaN, no infinity)."""
@@ -170,6 +174,7 @@ def estimate_parameters(
     v_el: float,
     V_A: float | None = None,
     v_el_stderr: float = 0.0,
+    n0_rel_stderr: float = 0.0,
     eps_pe: float | None = 1e-10,
     n_total: int | None = None,
     all_symbols: bool = False,
@@ -196,6 +201,14 @@ def estimate_parameters(
         key rate. Default: the block's ``mean(x^2)``.
     v_el_stderr : float
         Standard error of ``v_el``, propagated into ``xi_stderr``.
+    n0_rel_stderr : float
+        Relative standard error of the shot-noise unit the samples were normalised with
+        (:attr:`dsp.calibration.NoiseCalibration.n0_rel_stderr`). An error ``e`` in
+        ``N0`` scales ``T-hat`` by ``1 - e`` and shifts ``xi-hat`` by ``-2 e / (eta T)``;
+        it is independent of the block's own noise, so the variances add. When it is
+        positive the worst-case values carry it too: the statistical bounds and the
+        calibration bound each get half of ``eps_pe`` (union bound), and the calibration
+        error is taken in the direction that hurts both ``T`` and ``xi``.
     eps_pe : float or None
         Failure probability of the worst-case bounds (Leverrier 2010); None skips them
         (worst-case fields = point estimates, for asymptotic use only).
@@ -233,6 +246,10 @@ def estimate_parameters(
         raise ValueError(f"parameter estimation: v_el={v_el!r} must be finite and >= 0")
     if not (math.isfinite(v_el_stderr) and v_el_stderr >= 0):
         raise ValueError(f"parameter estimation: v_el_stderr={v_el_stderr!r} must be >= 0")
+    if not (math.isfinite(n0_rel_stderr) and 0 <= n0_rel_stderr < 0.1):
+        raise ValueError(
+            f"parameter estimation: n0_rel_stderr={n0_rel_stderr!r} must be in [0, 0.1)"
+        )
     if V_A is not None and not (math.isfinite(V_A) and V_A > 0):
         raise ValueError(f"parameter estimation: V_A={V_A!r} must be finite and > 0")
     xf, x_complex, m = _as_flat(x, "x (Alice's symbols)")
@@ -299,6 +316,10 @@ def estimate_parameters(
     T_se = 4.0 * t * t_se / eta
     xi = 2.0 * (sigma2 - 1.0 - v_el) / (eta * T)
     xi_se = math.sqrt((2.0 / (eta * T)) ** 2 * (s2_se**2 + v_el_stderr**2) + (xi * T_se / T) ** 2)
+    T_cal = T * n0_rel_stderr
+    xi_cal = 2.0 * n0_rel_stderr / (eta * T)
+    T_se = math.hypot(T_se, T_cal)
+    xi_se = math.hypot(xi_se, xi_cal)
     snr = t * t * v_a / sigma2
     rel2 = 4.0 * (t_se / t) ** 2 + 2.0 / (m - 1) + (2.0 / m if V_A is None else 0.0)
     snr_se = snr * math.sqrt(rel2)
@@ -306,7 +327,7 @@ def estimate_parameters(
     if eps_pe is None:
         z, t_min, s2_max, T_w, xi_w = 0.0, t, sigma2, T, xi
     else:
-        z = z_quantile(eps_pe)
+        z = z_quantile(eps_pe / 2 if n0_rel_stderr > 0 else eps_pe)
         t_min = t - z * t_se
         s2_max = sigma2 + z * sigma2 * math.sqrt(2.0 / m)
         if t_min <= 0:
@@ -317,6 +338,16 @@ def estimate_parameters(
             )
         T_w = 2.0 * t_min * t_min / eta
         xi_w = 2.0 * (s2_max - 1.0 - v_el) / (eta * T_w)
+        if n0_rel_stderr > 0:
+            shift = z * n0_rel_stderr
+            if shift >= 0.5:
+                raise EstimationError(
+                    f"parameter estimation: shot-noise calibration too uncertain for "
+                    f"eps_PE={eps_pe:g} (relative SE {n0_rel_stderr:.3g}); use longer "
+                    "calibration captures"
+                )
+            T_w *= 1.0 - shift
+            xi_w += 2.0 * shift / (eta * T_w)
     _finite(T=T, xi=xi, snr=snr, xi_stderr=xi_se, T_worst=T_w, xi_worst=xi_w)
     return Estimates(
         n=n,
@@ -344,6 +375,9 @@ def estimate_parameters(
         sigma2_max=s2_max,
         T_worst=T_w,
         xi_worst=xi_w,
+        n0_rel_stderr=float(n0_rel_stderr),
+        T_stderr_calibration=T_cal,
+        xi_stderr_calibration=xi_cal,
     )
 
 

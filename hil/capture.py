@@ -286,12 +286,13 @@ def analyse_capture(
         v_el=cal.v_el,
         V_A=v_a,
         v_el_stderr=cal.v_el_stderr,
+        n0_rel_stderr=cal.n0_rel_stderr,
         eps_pe=eps_pe,
         all_symbols=True,
         symbols="amplitude",
     )
     rate = key_rate_from_estimates(est, beta, trusted=trusted)
-    se = _with_calibration(est, cal.n0_rel_stderr)
+    se = _with_calibration(est)
     pe = res.phase_error_measured
     assert pe is not None
     channel = correct_for_phase_error(
@@ -342,20 +343,14 @@ def analyse_capture(
     return out
 
 
-def _with_calibration(est: Any, n0_rel: float) -> dict[str, float]:
-    """Standard errors of T-hat and xi-hat including the shot-noise calibration's.
-
-    An error ``e`` in ``N0`` scales ``T-hat`` by ``1 - e`` and shifts ``xi-hat`` by
-    ``-2 e / (eta T)`` (docs/dsp.md); it is independent of the frame's own noise, so the
-    variances add. The worst-case values of :mod:`dsp.estimation` do not include it.
-    """
-    t_cal = est.T * n0_rel
-    xi_cal = 2 * n0_rel / (est.eta * est.T) if est.T > 0 else 0.0
+def _with_calibration(est: Any) -> dict[str, float]:
+    """Standard errors of T-hat and xi-hat including the shot-noise calibration's, and
+    that part alone (:func:`dsp.estimation.estimate_parameters`, ``n0_rel_stderr``)."""
     return {
-        "T_stderr": math.hypot(est.T_stderr, t_cal),
-        "xi_stderr": math.hypot(est.xi_stderr, xi_cal),
-        "T_stderr_calibration": t_cal,
-        "xi_stderr_calibration": xi_cal,
+        "T_stderr": est.T_stderr,
+        "xi_stderr": est.xi_stderr,
+        "T_stderr_calibration": est.T_stderr_calibration,
+        "xi_stderr_calibration": est.xi_stderr_calibration,
     }
 
 

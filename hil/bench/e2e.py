@@ -84,7 +84,7 @@ def distil_emulated_link(
     t_capture = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    xs, ys, v_as, v_els, v_el_ses = [], [], [], [], []
+    xs, ys, v_as, v_els, v_el_ses, n0_rels = [], [], [], [], [], []
     for cap in caps:
         va, alpha = cap.alice_alpha()
         shown = np.sort(rng.choice(alpha.size, size=reveal, replace=False))
@@ -106,6 +106,7 @@ def distil_emulated_link(
         v_as.append(va)
         v_els.append(cal.v_el)
         v_el_ses.append(cal.v_el_stderr)
+        n0_rels.append(cal.n0_rel_stderr)
     x = np.concatenate(xs)
     y = np.concatenate(ys)
     n = int(x.size)
@@ -117,6 +118,7 @@ def distil_emulated_link(
         v_el=float(np.mean(v_els)),
         V_A=float(np.mean(v_as)),
         v_el_stderr=float(math.sqrt(np.sum(np.square(v_el_ses))) / len(v_el_ses)),
+        n0_rel_stderr=float(math.sqrt(np.sum(np.square(n0_rels))) / len(n0_rels)),
         eps_pe=eps,
         all_symbols=True,
         symbols="amplitude",

@@ -86,6 +86,52 @@ def test_worst_case_bounds_cover_at_stated_rate() -> None:
         assert r.xi_worst > r.xi
 
 
+def test_shot_noise_calibration_error_enters_errors_and_worst_case() -> None:
+    # Each block is normalised with an N0 off by a factor 1 + e, e ~ N(0, 1 %), large
+    # enough to dominate the statistical error of 5e4 symbols; v_el in SNU is off by
+    # the same factor. The reported errors must then match the spread across blocks (15 %, as
+    # above), and with eps_PE = 0.1 the worst-case xi may undershoot the truth in at
+    # most ~5 % of blocks (accept <= 30 of 300, as above).
+    V_A, T, xi, eta, v_el, rel = 4.0, 0.45, 0.01, 0.65, 0.02, 0.01
+    rng = np.random.default_rng(11)
+    rows = []
+    for _ in range(300):
+        x, y = simulate(rng, N_SYM, V_A, T, xi, eta, v_el)
+        e = rel * rng.standard_normal()
+        rows.append(
+            est.estimate_parameters(
+                x,
+                y / math.sqrt(1 + e),
+                eta=eta,
+                v_el=v_el / (1 + e),
+                V_A=V_A,
+                n0_rel_stderr=rel,
+                eps_pe=0.1,
+            )
+        )
+    ratio_xi = check_spread(rows, "xi", xi)
+    check_spread(rows, "T", T)
+    assert rows[0].xi_stderr_calibration > 2 * math.sqrt(
+        rows[0].xi_stderr ** 2 - rows[0].xi_stderr_calibration ** 2
+    ), "the calibration error should dominate in this setting"
+    assert sum(r.xi_worst < xi for r in rows) <= 30
+    assert sum(r.T_worst > T for r in rows) <= 30
+    without = est.estimate_parameters(
+        *simulate(np.random.default_rng(12), N_SYM, V_A, T, xi, eta, v_el),
+        eta=eta,
+        v_el=v_el,
+        V_A=V_A,
+        eps_pe=0.1,
+    )
+    assert without.xi_stderr_calibration == 0.0 and ratio_xi > 0
+
+
+def test_calibration_error_out_of_range_is_refused() -> None:
+    x, y = simulate(np.random.default_rng(13), 1000, 4.0, 0.5, 0.01, 0.6, 0.02)
+    with pytest.raises(ValueError, match="n0_rel_stderr"):
+        est.estimate_parameters(x, y, eta=0.6, v_el=0.02, n0_rel_stderr=-0.01)
+
+
 def test_complex_input_and_phase() -> None:
     rng = np.random.default_rng(5)
     n, V_A, T, xi, eta, v_el = 50_000, 4.0, 0.3, 0.02, 0.6, 0.05
