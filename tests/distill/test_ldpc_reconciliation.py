@@ -157,6 +157,18 @@ def test_rate_adaptation_hits_beta(family):
         assert math.isclose(plan.rate, plan.beta * capacity(snr))
 
 
+def test_select_code_shortens_rather_than_punctures(family):
+    # SNR 0.37, beta 0.85: target rate 0.193 lies between met-r0.18 and met-r0.30. The
+    # punctured met-r0.18 failed every 1e6-bit frame (docs/distillation.md); the code
+    # must be met-r0.30 shortened.
+    spec = select_code(family, 0.37, 0.85)
+    assert spec.name == "met-r0.30"
+    plan = plan_frame(spec.build(), 0.37, 0.85)
+    assert plan.punctured.size < 8 and plan.shortened.size > 0
+    # A target above every rate punctures the highest-rate code.
+    assert select_code(family, 3.0, 0.95).name == max(family, key=lambda c: c.rate).name
+
+
 def test_reverse_reconciliation_round_trip(family, half_code):
     snr = 1.0
     plan = plan_frame(half_code, snr, 0.8)
