@@ -168,8 +168,11 @@ def build_code(ensemble: Ensemble, n: int, seed: int) -> LDPCCode:
                 cdeg[pick, t] -= 1
                 diff += pick.size
         cs = np.repeat(np.arange(nc), cdeg[:, t])
+        col = vs[rng.permutation(vs.size)]
+        if np.any(vdeg[:, t] == 2):
+            _break_short_cycles(cs, col, vdeg[:, t] == 2, nc, int(rng.integers(2**31)))
         rows.append(cs)
-        cols.append(vs[rng.permutation(vs.size)])
+        cols.append(col)
     r = np.concatenate(rows)
     c = np.concatenate(cols)
     key = np.unique(r.astype(np.int64) * nv + c)
@@ -191,6 +194,119 @@ def build_code(ensemble: Ensemble, n: int, seed: int) -> LDPCCode:
         seed=seed,
         ensemble=ensemble,
     )
+
+
+SHORT_CYCLE = 3
+"""Longest cycle removed from the graph the degree-2 variables of an edge type form on
+its checks (:func:`_break_short_cycles`)."""
+
+
+@numba.njit(cache=True)
+def _on_short_cycle(k1, chk, var, partner, cptr, cedges):  # pragma: no cover
+    """Whether the degree-2 variable on edge ``k1`` closes a cycle of at most
+    ``SHORT_CYCLE`` degree-2 variables (a cycle of ``L`` of them is a codeword of the
+    check set of weight ``L``, or of ``L (1 + d)`` with their ``d`` LDGM neighbours).
+    ``cptr``/``cedges`` list each check's edges of degree-2 variables."""
+    v = var[k1]
+    k2 = partner[k1]
+    c1 = chk[k1]
+    c2 = chk[k2]
+    if c1 == c2:
+        return True
+    for ia in range(cptr[c1], cptr[c1 + 1]):
+        a = cedges[ia]
+        if a == k1:
+            continue
+        pa = partner[a]
+        n1 = chk[pa]
+        if n1 == c2:
+            return True
+        for ib in range(cptr[n1], cptr[n1 + 1]):
+            b = cedges[ib]
+            if b == pa or var[b] == v:
+                continue
+            pb = partner[b]
+            n2 = chk[pb]
+            if n2 == c2:
+                return True
+            if SHORT_CYCLE >= 4:
+                for ig in range(cptr[n2], cptr[n2 + 1]):
+                    g = cedges[ig]
+                    if g == pb or var[g] == v or var[g] == var[a]:
+                        continue
+                    if chk[partner[g]] == c2:
+                        return True
+    return False
+
+
+@numba.njit(cache=True)
+def _break_short_cycles(chk, var, deg2_var, nc, seed):  # pragma: no cover - compiled
+    """Rewire edges in place (``var[k]``: variable on edge ``k``, ``chk[k]`` its fixed
+    check) so that no degree-2 variable lies on a cycle of <= ``SHORT_CYCLE`` of them.
+
+    Endpoint swaps between two degree-2 variables' edges keep every degree. Such cycles
+    are low-weight codewords: with the MET codes' degree-2 core bits, decoding at 1e6 bits
+    converged to one (a 2-cycle: 2 core + 48 degree-one bits) in about 1 frame in 20 at
+    beta 0.90, a failure only the verification hash caught.
+    """
+    np.random.seed(seed)
+    e = chk.size
+    deg2 = deg2_var
+    first = np.full(deg2.size, -1, dtype=np.int64)
+    partner = np.full(e, -1, dtype=np.int64)
+    for k in range(e):
+        v = var[k]
+        if deg2[v]:
+            if first[v] < 0:
+                first[v] = k
+            else:
+                partner[k] = first[v]
+                partner[first[v]] = k
+    d2e = np.flatnonzero(partner >= 0)
+    cptr = np.zeros(nc + 1, dtype=np.int64)
+    for k in d2e:
+        cptr[chk[k] + 1] += 1
+    for c in range(nc):
+        cptr[c + 1] += cptr[c]
+    cedges = np.empty(d2e.size, dtype=np.int64)
+    fill = cptr[:-1].copy()
+    for k in d2e:
+        cedges[fill[chk[k]]] = k
+        fill[chk[k]] += 1
+    if d2e.size < 4:
+        return
+    for _ in range(3):
+        changed = 0
+        for k in d2e[np.random.permutation(d2e.size)]:
+            if not _on_short_cycle(k, chk, var, partner, cptr, cedges):
+                continue
+            for _try in range(50):
+                j = d2e[np.random.randint(d2e.size)]
+                if var[j] == var[k] or chk[j] == chk[k]:
+                    continue
+                _swap(k, j, var, partner)
+                if not _on_short_cycle(k, chk, var, partner, cptr, cedges) and not (
+                    _on_short_cycle(j, chk, var, partner, cptr, cedges)
+                ):
+                    changed += 1
+                    break
+                _swap(k, j, var, partner)
+        if changed == 0:
+            break
+
+
+@numba.njit(cache=True)
+def _swap(ka, kb, var, partner):  # pragma: no cover - compiled
+    """Exchange the variables on edges ``ka`` and ``kb`` (both of degree-2 variables)."""
+    pa = partner[ka]
+    pb = partner[kb]
+    va = var[ka]
+    var[ka] = var[kb]
+    var[kb] = va
+    partner[kb] = pa
+    partner[pa] = kb
+    partner[ka] = pb
+    partner[pb] = ka
 
 
 def syndrome(code: LDPCCode, word: np.ndarray) -> np.ndarray:
