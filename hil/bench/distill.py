@@ -5,10 +5,10 @@ the stated SNR, through the real multidimensional reverse reconciliation):
 
 * ``beta@snr=S`` / ``fer@snr=S``: the efficiency of the code rate actually used (after
   puncturing/shortening) and the frame error rate (decoding or verification failure) at
-  the family's operating point for that SNR, over 30 frames of 1e5 bits (8 of 2e4 with
-  ``--quick``); ``eff_beta@snr=S = beta * (1 - FER)`` charges the frame errors. The
-  full table (60 frames per point, 1e6-bit frames at SNR <= 0.3, ~20 min on two cores):
-  ``QKD_BENCH_DISTILL_FULL=1 make bench`` or ``python -m hil.bench.distill --full``.
+  the family's operating point for that SNR, over 60 frames per point of 1e6 bits at
+  SNR <= 0.3 and 1e5 bits at SNR 1 (``FULL_BLOCKS``; 8 frames of 2e4 with ``--quick``);
+  ``eff_beta@snr=S = beta * (1 - FER)`` charges the frame errors. The table alone:
+  ``python -m hil.bench.distill`` (``--block 100000`` for 1e5-bit frames throughout).
 * ``reconcile_mbps_r0.1``: frame bits per second on one core (Bob's encoding + Alice's
   decoding + verification) at code rate about 0.1, beside a numpy FFT of the same length.
 * ``decoder_ns_per_edge``: one layered sum-product iteration per edge, beside the ``ldpc``
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -243,23 +242,16 @@ def pa_seconds_1e8() -> Row:
     )
 
 
-FULL_ENV = "QKD_BENCH_DISTILL_FULL"
-
-
 # Frame lengths of the full table: 1e6 bits at the low SNRs, where the short-block loss
 # of the low-rate MET codes is largest.
 FULL_BLOCKS = {0.05: 1_000_000, 0.1: 1_000_000, 0.3: 1_000_000, 1.0: 100_000}
 
 
-def _full() -> bool:
-    return os.environ.get(FULL_ENV, "") not in ("", "0")
-
-
 def run(quick: bool) -> list[Row]:
-    """All distillation rows (``quick``: fewer frames, smaller sizes; the full table with
-    ``QKD_BENCH_DISTILL_FULL=1``, 60 frames per point at ``FULL_BLOCKS``)."""
+    """All distillation rows (``quick``: 8 frames of 2e4 bits per point and smaller sizes;
+    otherwise the table has 60 frames per point at ``FULL_BLOCKS``)."""
     block = 20_000 if quick else 100_000
-    rows = beta_table(FULL_BLOCKS, 60) if _full() else beta_table(block, 8 if quick else 30)
+    rows = beta_table(20_000, 8) if quick else beta_table(FULL_BLOCKS, 60)
     rows.append(reconcile_throughput(block, 2 if quick else 6))
     rows.append(decoder_comparison(block))
     rows += pa_throughput(10**6 if quick else 10**7)
@@ -269,15 +261,14 @@ def run(quick: bool) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m hil.bench.distill [--full] [--block N]``: the beta/FER table alone."""
+    """``python -m hil.bench.distill [--frames N] [--block N]``: the beta/FER table alone
+    (default: 60 frames per point at ``FULL_BLOCKS``, as in ``make bench``)."""
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--full", action="store_true", help="60 frames per point, FULL_BLOCKS")
-    ap.add_argument("--frames", type=int, default=None, help="frames per SNR point")
+    ap.add_argument("--frames", type=int, default=60, help="frames per SNR point")
     ap.add_argument("--block", type=int, default=None, help="one frame length for all")
     args = ap.parse_args(argv)
-    frames = args.frames or (60 if args.full else 30)
-    block = args.block or (FULL_BLOCKS if args.full else 100_000)
-    for row in beta_table(block, frames):
+    block = args.block or FULL_BLOCKS
+    for row in beta_table(block, args.frames):
         print(f"{row.name:28s} {row.value:8.4f}  {row.unit}", flush=True)
 
 
