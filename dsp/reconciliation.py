@@ -238,22 +238,32 @@ def code_family(block_bits: int = 100_000) -> tuple[CodeSpec, ...]:
     return (*met, rsu)
 
 
+PUNCTURE_FREE = 0.01
+"""Puncturing (as a fraction of the data bits) that counts like shortening in
+:func:`select_code`; more is a last resort."""
+
+
 def select_code(family: tuple[CodeSpec, ...], snr: float, beta: float | None = None) -> CodeSpec:
     """The mother code to use at this SNR and beta: the one needing the least shortening
-    among those of rate >= the target, else (target above every rate) the least
-    puncturing.
+    (or puncturing up to ``PUNCTURE_FREE``) among those that can reach the target rate
+    so, else the least puncturing.
 
-    Shortening keeps a code's performance; puncturing the low-rate MET codes does not (the
-    punctured bits are core bits): met-r0.18 punctured by 7 % to rate 0.193 at SNR 0.37
-    failed 10 frames of 10 at beta 0.85 (1e6 bits), where met-r0.30 shortened to the same
-    rate decodes (docs/distillation.md).
+    Shortening keeps a code's performance; puncturing the low-rate MET codes by more than
+    a little does not (the punctured bits are core bits): met-r0.18 punctured by 7 % to
+    rate 0.193 at SNR 0.37 failed 10 frames of 10 at beta 0.85 (1e6 bits), where met-r0.30
+    shortened to the same rate decodes (docs/distillation.md). A code run at its own
+    operating point may need a fraction of a per cent (met-r0.10 at SNR 0.173: 0.1 %).
     """
     c = capacity(snr)
     best = None
     for spec in family:
         rt = (spec.beta_op if beta is None else beta) * c
         r0 = spec.rate
-        cost = (r0 - rt) / (1.0 - rt) if rt <= r0 else 1.0 + (1.0 - r0 / rt)
+        if rt <= r0:
+            cost = (r0 - rt) / (1.0 - rt)
+        else:
+            p = 1.0 - r0 / rt
+            cost = p if p <= PUNCTURE_FREE else 1.0 + p
         if best is None or cost < best[0]:
             best = (cost, spec)
     assert best is not None

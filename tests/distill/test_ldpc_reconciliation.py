@@ -167,6 +167,11 @@ def test_select_code_shortens_rather_than_punctures(family):
     assert plan.punctured.size < 8 and plan.shortened.size > 0
     # A target above every rate punctures the highest-rate code.
     assert select_code(family, 3.0, 0.95).name == max(family, key=lambda c: c.rate).name
+    # Each code is picked at its own operating point, though that may need a puncture of
+    # a fraction of a per cent (rates are rounded).
+    for spec in family:
+        snr = 2.0 ** (2.0 * spec.rate / spec.beta_op) * 1.0005 - 1.0
+        assert select_code(family, snr).name == spec.name
 
 
 def test_reverse_reconciliation_round_trip(family, half_code):
