@@ -206,9 +206,9 @@ def estimate_parameters(
         (:attr:`dsp.calibration.NoiseCalibration.n0_rel_stderr`). An error ``e`` in
         ``N0`` scales ``T-hat`` by ``1 - e`` and shifts ``xi-hat`` by ``-2 e / (eta T)``;
         it is independent of the block's own noise, so the variances add. When it is
-        positive the worst-case values carry it too: the statistical bounds and the
-        calibration bound each get half of ``eps_pe`` (union bound), and the calibration
-        error is taken in the direction that hurts both ``T`` and ``xi``.
+        positive the worst-case values carry it too, in the direction that hurts both
+        ``T`` and ``xi``, and ``z`` is taken at ``eps_pe / 2``: each of the three bounds
+        (``t``, ``sigma^2``, ``N0``) fails with probability ``eps_pe / 4`` (union bound).
     eps_pe : float or None
         Failure probability of the worst-case bounds (Leverrier 2010); None skips them
         (worst-case fields = point estimates, for asymptotic use only).

@@ -560,8 +560,8 @@ An error ``e`` in N0 shifts xi-hat by ``2 e / (eta T)``: with the single 2^19-po
 used before, 0.28 % gave 0.02 SNU (one sigma) on a 12 km link, four times the statistical
 error of a 2e6-symbol block, and the spread of xi-hat across identical links showed it.
 The error is carried into the worst-case estimates (``n0_rel_stderr``, at the same
-epsilon as the block's own statistics), so its size costs key: with 4x the block's
-samples it widens the worst-case excess noise by about 12 %."""
+epsilon as the block's own statistics), so its size costs key: with about 3x the
+block's samples it widens the worst-case excess-noise margin by roughly 15 %."""
 
 
 def calibrate(session: Session, link_name: str, cfo_hz: float = 0.0) -> Calibration:
