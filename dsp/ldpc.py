@@ -128,8 +128,11 @@ def _counts(fracs: list[float], n: int) -> np.ndarray:
     return out
 
 
-def build_code(ensemble: Ensemble, n: int, seed: int) -> LDPCCode:
+def build_code(ensemble: Ensemble, n: int, seed: int, cycles: int = 3) -> LDPCCode:
     """Build a code of length about ``n`` from ``ensemble``, reproducibly from ``seed``.
+
+    Degree-2 variables of an edge type are rewired until none lies on a cycle of at most
+    ``cycles`` of them (such cycles are low-weight codewords; :func:`_break_short_cycles`).
 
     Socket counts of each edge type are matched exactly by adding or removing sockets on
     randomly chosen check nodes of that type; the exact ``n`` is ``sum(var counts)``.
@@ -170,7 +173,14 @@ def build_code(ensemble: Ensemble, n: int, seed: int) -> LDPCCode:
         cs = np.repeat(np.arange(nc), cdeg[:, t])
         col = vs[rng.permutation(vs.size)]
         if np.any(vdeg[:, t] == 2):
-            _break_short_cycles(cs, col, vdeg[:, t] == 2, nc, int(rng.integers(2**31)))
+            left = _break_short_cycles(
+                cs, col, vdeg[:, t] == 2, nc, int(rng.integers(2**31)), cycles
+            )
+            if left:
+                raise ValueError(
+                    f"ensemble {ensemble.name!r}, n={n}, seed={seed}: {left} degree-2 edges of "
+                    f"type {t} still on cycles of <= {cycles} degree-2 variables; use fewer"
+                )
         rows.append(cs)
         cols.append(col)
     r = np.concatenate(rows)
@@ -197,39 +207,65 @@ def build_code(ensemble: Ensemble, n: int, seed: int) -> LDPCCode:
 
 
 @numba.njit(cache=True)
-def _on_short_cycle(k1, chk, var, partner, cptr, cedges):  # pragma: no cover
-    """Whether the degree-2 variable on edge ``k1`` closes a cycle of at most 3 degree-2
-    variables (a cycle of ``L`` of them is a codeword of the check set of weight ``L``, or
-    of ``L (1 + d)`` with their ``d`` LDGM neighbours). ``cptr``/``cedges`` list each
-    check's edges of degree-2 variables. Cycles of 4 were left out: the walk one level
-    deeper made met-r0.30 at 1e6 bits take 130 s to build."""
+def _on_short_cycle(k1, chk, var, partner, cptr, cedges, max_len, mark, queue):  # pragma: no cover
+    """Whether the degree-2 variable on edge ``k1`` closes a cycle of at most ``max_len``
+    degree-2 variables (a cycle of ``L`` of them is a codeword of the check set of weight
+    ``L``, or of ``L (1 + d)`` with their ``d`` LDGM neighbours). ``cptr``/``cedges`` list
+    each check's edges of degree-2 variables.
+
+    Breadth-first search from the variable's two checks, ``max_len // 2`` and
+    ``(max_len - 1) // 2`` steps deep, without the variable itself: the balls meet iff the
+    checks are joined by a path of at most ``max_len - 1`` other degree-2 variables.
+    ``mark`` (per check, the stamp of the last search that reached it; ``mark[-1]`` holds
+    the stamp counter) and ``queue`` are scratch arrays.
+    """
     v = var[k1]
-    k2 = partner[k1]
     c1 = chk[k1]
-    c2 = chk[k2]
+    c2 = chk[partner[k1]]
     if c1 == c2:
         return True
-    for ia in range(cptr[c1], cptr[c1 + 1]):
-        a = cedges[ia]
-        if a == k1:
-            continue
-        pa = partner[a]
-        n1 = chk[pa]
-        if n1 == c2:
+    stamp = mark[-1] + 2
+    mark[-1] = stamp
+    depth_a = max_len // 2
+    depth_b = (max_len - 1) // 2
+    for side in range(2):
+        start = c1 if side == 0 else c2
+        depth = depth_a if side == 0 else depth_b
+        mark_as = stamp + side
+        if side == 1 and mark[start] == stamp:
             return True
-        for ib in range(cptr[n1], cptr[n1 + 1]):
-            b = cedges[ib]
-            if b == pa or var[b] == v:
-                continue
-            if chk[partner[b]] == c2:
-                return True
+        mark[start] = mark_as
+        head = 0
+        tail = 1
+        queue[0] = start
+        level_end = 1
+        level = 0
+        while head < tail and level < depth:
+            c = queue[head]
+            head += 1
+            for i in range(cptr[c], cptr[c + 1]):
+                ea = cedges[i]
+                if var[ea] == v:
+                    continue
+                n = chk[partner[ea]]
+                if side == 1 and mark[n] == stamp:
+                    return True
+                if mark[n] != mark_as:
+                    mark[n] = mark_as
+                    queue[tail] = n
+                    tail += 1
+            if head == level_end:
+                level += 1
+                level_end = tail
     return False
 
 
 @numba.njit(cache=True)
-def _break_short_cycles(chk, var, deg2_var, nc, seed):  # pragma: no cover - compiled
+def _break_short_cycles(chk, var, deg2_var, nc, seed, max_len):  # pragma: no cover
     """Rewire edges in place (``var[k]``: variable on edge ``k``, ``chk[k]`` its fixed
-    check) so that no degree-2 variable lies on a cycle of <= 3 of them.
+    check) so that no degree-2 variable lies on a cycle of <= ``max_len`` of them; returns
+    the number of degree-2 edges still on one (0 unless ``max_len`` is too ambitious for
+    the graph's density).
 
     Endpoint swaps between two degree-2 variables' edges keep every degree. Such cycles
     are low-weight codewords: with the MET codes' degree-2 core bits, decoding at 1e6 bits
@@ -261,25 +297,33 @@ def _break_short_cycles(chk, var, deg2_var, nc, seed):  # pragma: no cover - com
         cedges[fill[chk[k]]] = k
         fill[chk[k]] += 1
     if d2e.size < 4:
-        return
-    for _ in range(3):
+        return 0
+    mark = np.zeros(nc + 1, dtype=np.int64)
+    queue = np.empty(nc, dtype=np.int64)
+    for _ in range(12):
         changed = 0
         for k in d2e[np.random.permutation(d2e.size)]:
-            if not _on_short_cycle(k, chk, var, partner, cptr, cedges):
+            if not _on_short_cycle(k, chk, var, partner, cptr, cedges, max_len, mark, queue):
                 continue
             for _try in range(50):
                 j = d2e[np.random.randint(d2e.size)]
                 if var[j] == var[k] or chk[j] == chk[k]:
                     continue
                 _swap(k, j, var, partner)
-                if not _on_short_cycle(k, chk, var, partner, cptr, cedges) and not (
-                    _on_short_cycle(j, chk, var, partner, cptr, cedges)
+                if not _on_short_cycle(
+                    k, chk, var, partner, cptr, cedges, max_len, mark, queue
+                ) and not (
+                    _on_short_cycle(j, chk, var, partner, cptr, cedges, max_len, mark, queue)
                 ):
                     changed += 1
                     break
                 _swap(k, j, var, partner)
         if changed == 0:
             break
+    left = 0
+    for k in d2e:
+        left += _on_short_cycle(k, chk, var, partner, cptr, cedges, max_len, mark, queue)
+    return left
 
 
 @numba.njit(cache=True)
