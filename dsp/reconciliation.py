@@ -131,6 +131,8 @@ class CodeSpec:
 
     ``beta_op`` is the efficiency at which this code decodes at least 90 % of frames at
     its block length, as measured by ``hil/bench/distill.py``; it is the default target.
+    ``cycles``: no degree-2 variable lies on a cycle of this many or fewer of them
+    (:func:`dsp.ldpc.build_code`).
     """
 
     name: str
@@ -139,10 +141,11 @@ class CodeSpec:
     seed: int
     max_iter: int
     beta_op: float
+    cycles: int = 3
 
     def build(self) -> LDPCCode:
         """Rebuild the parity-check matrix (identical on both sides)."""
-        return build_code(self.ensemble, self.n, self.seed)
+        return build_code(self.ensemble, self.n, self.seed, self.cycles)
 
     @property
     def rate(self) -> float:
@@ -156,25 +159,29 @@ def _mix(avg: float) -> list[tuple[int, float]]:
     return [(lo, 1.0 - f), (lo + 1, f)] if f > 1e-6 else [(lo, 1.0)]
 
 
-def met_ensemble(rate: float, core: float, ldgm: float, p3: float, name: str) -> Ensemble:
+def met_ensemble(
+    rate: float, core: float, ldgm: float, p3: float, name: str, skew: float = 0.0
+) -> Ensemble:
     """Low-rate multi-edge-type ensemble (the shape of Richardson-Urbanke's, used for
     CV-QKD by Jouguet et al., PRA 84, 062317 (2011)).
 
     A fraction ``core`` of the bits are core bits: 2 (or, for a fraction ``p3`` of them, 3)
     edges of type 1 into a high-rate core code and edges of type 2 into LDGM checks; the
     other bits have degree one, each alone on an LDGM check (type 3) with on average
-    ``ldgm`` core bits. Socket counts balance exactly (degrees mixed between neighbouring
-    integers), so density evolution of this ensemble describes the built code.
+    ``ldgm`` core bits. The degree-3 core bits have ``skew`` more LDGM edges than the
+    degree-2 ones (same mean). Socket counts balance exactly (degrees mixed between
+    neighbouring integers), so density evolution of this ensemble describes the built code.
     """
     f1 = 1.0 - core
     mc = core - rate
     if not 0.0 < rate < core < 1.0:
         raise ValueError(f"MET ensemble needs 0 < rate < core fraction < 1, got {rate}, {core}")
+    mean = ldgm * f1 / core
+    two = [(core * (1 - p3) * w, (2, d, 0)) for d, w in _mix(mean - p3 * skew)]
+    three = [(core * p3 * w, (3, d, 0)) for d, w in _mix(mean + (1 - p3) * skew)] if p3 else []
     var: list[tuple[float, tuple[int, ...]]] = []
-    for d, w in _mix(ldgm * f1 / core):
-        var.append((core * (1 - p3) * w, (2, d, 0)))
-        if p3 > 0:
-            var.append((core * p3 * w, (3, d, 0)))
+    for i in range(max(len(two), len(three))):
+        var += two[i : i + 1] + three[i : i + 1]
     var.append((f1, (0, 0, 1)))
     chk = [(f1 * w, (0, d, 1)) for d, w in _mix(ldgm)]
     chk += [(mc * w, (d, 0, 0)) for d, w in _mix(core * (2 + p3) / mc)]
@@ -200,17 +207,29 @@ _RSU_HALF = _irregular(
 )
 
 # (name, rate, core fraction, mean LDGM check degree, fraction of degree-3 core bits,
-# seed, iteration cap, operating beta at 1e5 bits, at 1e6 bits). Parameters chosen by
-# density evolution (dsp.ldpc.de_threshold, BIAWGN channel) over a grid of core fraction
-# and LDGM degree; thresholds and the measured operating points (frame error rate <= 0.1
-# through the MD reconciliation) are in docs/distillation.md.
+# LDGM skew, seed, iteration cap, operating beta at 1e5 bits, at 1e6 bits, longest
+# cycle of degree-2 core bits removed at 1e5 bits, at 1e6 bits). Parameters of the four
+# lowest rates maximise the EXIT threshold on the MD channel (dsp.code_design), the others
+# were picked on a grid by density evolution; the cycle limits are the largest the
+# builder reaches at each length. Thresholds and the measured operating points (frame
+# error rate <= 0.1 through the MD reconciliation) are in docs/distillation.md.
 _MET_CODES = (
-    ("met-r0.033", 0.033, 0.0495, 2.5, 0.45, 103, 300, 0.87, 0.94),
-    ("met-r0.065", 0.065, 0.0975, 2.6, 0.45, 106, 300, 0.86, 0.91),
-    ("met-r0.10", 0.10, 0.125, 3.0, 0.45, 110, 300, 0.87, 0.90),
-    ("met-r0.18", 0.18, 0.207, 3.5, 0.45, 120, 250, 0.88, 0.91),
-    ("met-r0.30", 0.30, 0.33, 4.0, 0.45, 130, 250, 0.87, 0.88),
+    ("met-r0.033", 0.033, 0.0487, 2.61, 0.51, 23.5, 103, 300, 0.88, 0.945, 8, 8),
+    ("met-r0.065", 0.065, 0.0906, 2.66, 0.41, 4.7, 106, 300, 0.90, 0.935, 7, 8),
+    ("met-r0.10", 0.10, 0.1245, 2.95, 0.455, 2.4, 110, 300, 0.90, 0.925, 6, 7),
+    ("met-r0.18", 0.18, 0.206, 3.45, 0.47, 0.4, 120, 250, 0.90, 0.93, 5, 6),
+    ("met-r0.30", 0.30, 0.33, 4.0, 0.45, 0.0, 130, 250, 0.87, 0.88, 3, 3),
 )
+
+
+_RSU_BETA = (0.87, 0.88)
+"""Operating beta of ``irregular-r0.50`` at 1e5 and 1e6 bits."""
+
+
+def _cycles_at(n: int, c5: int, c6: int) -> int:
+    """Cycle limit for length ``n``: the 1e6 one from 1e6 bits, the 1e5 one from 1e5,
+    3 (reachable by every code) below."""
+    return c6 if n >= 1_000_000 else c5 if n >= 100_000 else 3
 
 
 def _beta_at(n: int, b5: float, b6: float) -> float:
@@ -226,15 +245,24 @@ def code_family(block_bits: int = 100_000) -> tuple[CodeSpec, ...]:
     met = tuple(
         CodeSpec(
             name,
-            met_ensemble(r, fc, k, p3, name),
+            met_ensemble(r, fc, k, p3, name, skew),
             block_bits,
             seed,
             it,
             _beta_at(block_bits, b5, b6),
+            _cycles_at(block_bits, c5, c6),
         )
-        for name, r, fc, k, p3, seed, it, b5, b6 in _MET_CODES
+        for name, r, fc, k, p3, skew, seed, it, b5, b6, c5, c6 in _MET_CODES
     )
-    rsu = CodeSpec("irregular-r0.50", _RSU_HALF, block_bits, 150, 200, 0.85)
+    rsu = CodeSpec(
+        "irregular-r0.50",
+        _RSU_HALF,
+        block_bits,
+        150,
+        200,
+        _beta_at(block_bits, *_RSU_BETA),
+        _cycles_at(block_bits, 12, 12),
+    )
     return (*met, rsu)
 
 

@@ -5,8 +5,8 @@ the stated SNR, through the real multidimensional reverse reconciliation):
 
 * ``beta@snr=S`` / ``fer@snr=S``: the efficiency of the code rate actually used (after
   puncturing/shortening) and the frame error rate (decoding or verification failure) at
-  the family's operating point for that SNR, over 60 frames per point of 1e6 bits at
-  SNR <= 0.3 and 1e5 bits at SNR 1 (``FULL_BLOCKS``; 8 frames of 2e4 with ``--quick``);
+  the family's operating point for that SNR, over 60 frames per point of 1e6 bits
+  (``FULL_BLOCKS``; 8 frames of 2e4 with ``--quick``);
   ``eff_beta@snr=S = beta * (1 - FER)`` charges the frame errors. The table alone:
   ``python -m hil.bench.distill`` (``--block 100000`` for 1e5-bit frames throughout).
 * ``reconcile_mbps_r0.1``: frame bits per second on one core (Bob's encoding + Alice's
@@ -244,7 +244,7 @@ def pa_seconds_1e8() -> Row:
 
 # Frame lengths of the full table: 1e6 bits at the low SNRs, where the short-block loss
 # of the low-rate MET codes is largest.
-FULL_BLOCKS = {0.05: 1_000_000, 0.1: 1_000_000, 0.3: 1_000_000, 1.0: 100_000}
+FULL_BLOCKS = dict.fromkeys(SNRS, 1_000_000)
 
 
 def run(quick: bool) -> list[Row]:
