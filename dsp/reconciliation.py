@@ -208,8 +208,8 @@ _RSU_HALF = _irregular(
 
 # (name, rate, core fraction, mean LDGM check degree, fraction of degree-3 core bits,
 # LDGM skew, seed, iteration cap, operating beta at 1e5 bits, at 1e6 bits, longest
-# cycle of degree-2 core bits removed at 1e5 bits, at 1e6 bits). Parameters of the four
-# lowest rates maximise the EXIT threshold on the MD channel (dsp.code_design), the others
+# cycle of degree-2 core bits removed at 1e5 bits, at 1e6 bits). Parameters of rates
+# 0.033 .. 0.23 maximise the EXIT threshold on the MD channel (dsp.code_design), the others
 # were picked on a grid by density evolution; the cycle limits are the largest the
 # builder reaches at each length. Thresholds and the measured operating points (frame
 # error rate <= 0.1 through the MD reconciliation) are in docs/distillation.md.
@@ -218,6 +218,7 @@ _MET_CODES = (
     ("met-r0.065", 0.065, 0.0906, 2.66, 0.41, 4.7, 106, 300, 0.90, 0.935, 7, 8),
     ("met-r0.10", 0.10, 0.1245, 2.95, 0.455, 2.4, 110, 300, 0.90, 0.925, 6, 7),
     ("met-r0.18", 0.18, 0.206, 3.45, 0.47, 0.4, 120, 250, 0.90, 0.93, 5, 6),
+    ("met-r0.23", 0.23, 0.257, 3.69, 0.47, 0.4, 125, 250, 0.90, 0.91, 4, 5),
     ("met-r0.30", 0.30, 0.33, 4.0, 0.45, 0.0, 130, 250, 0.87, 0.88, 3, 3),
 )
 

@@ -113,7 +113,7 @@ class RunSettings:
     v_a: float | None = None
     v_a_min: float = 1.5
     v_a_max: float = 12.0
-    beta: float = 0.88
+    beta: float = 0.90
     epsilon: float = 1e-10
     pe_fraction: float = 0.0
     distill: bool = True

@@ -160,11 +160,11 @@ def test_rate_adaptation_hits_beta(family):
 
 
 def test_select_code_shortens_rather_than_punctures(family):
-    # SNR 0.37, beta 0.85: target rate 0.193 lies between met-r0.18 and met-r0.30. The
+    # SNR 0.37, beta 0.85: target rate 0.193 lies between met-r0.18 and met-r0.23. The
     # punctured met-r0.18 failed every 1e6-bit frame (docs/distillation.md); the code
-    # must be met-r0.30 shortened.
+    # must be met-r0.23 shortened.
     spec = select_code(family, 0.37, 0.85)
-    assert spec.name == "met-r0.30"
+    assert spec.name == "met-r0.23"
     plan = plan_frame(spec.build(), 0.37, 0.85)
     assert plan.punctured.size < 8 and plan.shortened.size > 0
     # A target above every rate punctures the highest-rate code.
