@@ -72,15 +72,15 @@ def exit_converges(ensemble: Ensemble, channel_mean: float, max_iter: int = 20_0
     vw = vw / vw.sum(axis=0, keepdims=True)
     cw = cf[:, None] * cd
     cw = cw / cw.sum(axis=0, keepdims=True)
-    ic = np.zeros(vd.shape[1])
+    mc = np.zeros(vd.shape[1])
     last = -1.0
     for it in range(max_iter):
-        mc = _j_inv(ic)
         total = channel_mean + vd @ mc
         iv = (vw * j_info(total[:, None] - mc[None, :]) * (vd > 0)).sum(axis=0)
         rv = _j_inv(1.0 - iv)
         ic = (cw * (1.0 - j_info((cd @ rv)[:, None] - rv[None, :])) * (cd > 0)).sum(axis=0)
-        post = j_info(channel_mean + vd @ _j_inv(ic))
+        mc = _j_inv(ic)
+        post = j_info(channel_mean + vd @ mc)
         if post.min() > 1.0 - 1e-6:
             return True
         if it % 200 == 199:

@@ -223,8 +223,8 @@ _MET_CODES = (
 )
 
 
-_RSU_BETA = (0.87, 0.88)
-"""Operating beta of ``irregular-r0.50`` at 1e5 and 1e6 bits."""
+_RSU_OP = (0.87, 0.88, 12, 12)
+"""``irregular-r0.50``: operating beta at 1e5 and 1e6 bits, degree-2 cycle limit at each."""
 
 
 def _cycles_at(n: int, c5: int, c6: int) -> int:
@@ -261,8 +261,8 @@ def code_family(block_bits: int = 100_000) -> tuple[CodeSpec, ...]:
         block_bits,
         150,
         200,
-        _beta_at(block_bits, *_RSU_BETA),
-        _cycles_at(block_bits, 12, 12),
+        _beta_at(block_bits, *_RSU_OP[:2]),
+        _cycles_at(block_bits, *_RSU_OP[2:]),
     )
     return (*met, rsu)
 
