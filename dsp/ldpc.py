@@ -371,6 +371,18 @@ class DecodeResult:
 
 # --- Decoder -----------------------------------------------------------------------------
 
+STALL_EVERY = 10
+"""Iterations between the full counts of unsatisfied checks that drive the stall stop."""
+
+STALL_PATIENCE = 40
+"""Default stall patience of :func:`decode_syndrome` in iterations. Traced on 560 frames
+of seven family codes at or just above their operating points (1e5 and 1e6 bits): the
+65 frames that failed kept oscillating, between a few and tens of thousands of
+unsatisfied checks, up to the cap, and gave up after 90 .. 137 iterations on average
+instead of 200 .. 300 (25 % fewer iterations over all frames, 35 % for met-r0.10 at
+1e5); 3 of the 495 frames that decoded had stalled longer (60 .. 90 iterations, all at
+1e5 bits) and were lost. 30 lost 2 more at 1e6."""
+
 BLOCK_CHECKS = 128
 """Most checks per block of the decoder's schedule (measured: 64 is 35 % slower, 256 and
 512 no faster)."""
@@ -558,7 +570,7 @@ def _schedule(chk_ptr, chk_var, var_deg, bmax):  # pragma: no cover - compiled
 
 @numba.njit(**_FAST)
 def _decode_blocks(
-    blk_deg, blk_cnt, blk_off, blk_c1, idx, ssign, llr, max_iter
+    blk_deg, blk_cnt, blk_off, blk_c1, idx, ssign, llr, max_iter, patience
 ):  # pragma: no cover - compiled
     """Layered sum-product over the schedule of :func:`_schedule`.
 
@@ -571,6 +583,11 @@ def _decode_blocks(
     holds degree-one variables: their factor ``t1`` is computed once, and their slot of
     ``r`` keeps the extrinsic product ``x`` (their posterior ``llr + 2 atanh(x)`` is
     needed only for the hard decision: it is negative when ``x < -t1``).
+
+    Stall stop (``patience`` > 0): every ``STALL_EVERY`` iterations all unsatisfied checks
+    are counted; decoding gives up when the fewest seen has not fallen by 1 % over the
+    last ``patience`` iterations (otherwise the parity check stops at the first
+    unsatisfied block).
     """
     n = llr.size
     nb = blk_deg.size
@@ -591,6 +608,8 @@ def _decode_blocks(
     sbit = (ssign < 0).astype(np.uint8)
     iters = 0
     ok = False
+    best = idx.size + 1
+    least = np.zeros(max_iter // STALL_EVERY + 1, dtype=np.int64)
     chk0 = np.zeros(nb + 1, dtype=np.int64)
     for b in range(nb):
         chk0[b + 1] = chk0[b] + blk_cnt[b]
@@ -641,7 +660,8 @@ def _decode_blocks(
             if blk_c1[b]:
                 for e in range(blk_off[b], blk_off[b] + blk_cnt[b]):
                     hard[idx[e]] = 1 if r[e] < -t1[e] else 0
-        ok = True
+        count = patience > 0 and it % STALL_EVERY == 0
+        unsat = 0
         for b in range(nb):
             k_ = blk_cnt[b]
             off = blk_off[b]
@@ -651,14 +671,20 @@ def _decode_blocks(
                 base = off + k * k_
                 for j in range(k_):
                     par[j] ^= hard[idx[base + j]]
-            bad = 0
             for j in range(k_):
-                bad |= par[j]
-            if bad:
-                ok = False
+                unsat += par[j]
+            if unsat and not count:
                 break
+        ok = unsat == 0
         if ok:
             break
+        if count:
+            mark = it // STALL_EVERY
+            best = min(best, unsat)
+            least[mark] = best
+            back = mark - patience // STALL_EVERY
+            if back >= 1 and best > np.float64(0.99) * least[back]:
+                break
     return hard, ok, iters
 
 
@@ -681,7 +707,11 @@ def _code_schedule(code: LDPCCode) -> tuple[np.ndarray, ...]:
 
 
 def decode_syndrome(
-    code: LDPCCode, llr: np.ndarray, synd: np.ndarray, max_iter: int = 200
+    code: LDPCCode,
+    llr: np.ndarray,
+    synd: np.ndarray,
+    max_iter: int = 200,
+    patience: int = STALL_PATIENCE,
 ) -> DecodeResult:
     """Find the word matching the syndrome ``synd`` closest to the channel LLRs.
 
@@ -696,7 +726,16 @@ def decode_syndrome(
         The target syndrome (uint8, length ``code.m``).
     max_iter
         Iteration cap; decoding stops as soon as the syndrome is met.
+    patience
+        Give up when the fewest unsatisfied checks seen (counted every ``STALL_EVERY``
+        iterations) has not fallen by 1 % in this many iterations; 0 runs to
+        ``max_iter``. A frame that fails would otherwise cost the whole cap, several
+        times a decoded one.
     """
+    if patience < 0 or patience % STALL_EVERY:
+        raise ValueError(
+            f"decoder patience must be a multiple of {STALL_EVERY} >= 0, got {patience}"
+        )
     llr = np.asarray(llr, dtype=np.float32)
     synd = np.asarray(synd, dtype=np.uint8)
     if llr.shape != (code.n,) or synd.shape != (code.m,):
@@ -709,7 +748,7 @@ def decode_syndrome(
     perm, chk_order, blk_deg, blk_cnt, blk_off, blk_c1, idx = _code_schedule(code)
     ssign = (1.0 - 2.0 * synd[chk_order]).astype(np.float32)
     hard, ok, it = _decode_blocks(
-        blk_deg, blk_cnt, blk_off, blk_c1, idx, ssign, llr[perm], int(max_iter)
+        blk_deg, blk_cnt, blk_off, blk_c1, idx, ssign, llr[perm], int(max_iter), int(patience)
     )
     word = np.empty_like(hard)
     word[perm] = hard

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from dsp.ldpc import LLR_CLIP, Ensemble, LDPCCode, build_code, decode_syndrome, syndrome
+from dsp.ldpc import (
+    LLR_CLIP,
+    STALL_PATIENCE,
+    Ensemble,
+    LDPCCode,
+    build_code,
+    decode_syndrome,
+    syndrome,
+)
 
 __all__ = [
     "DIM",
@@ -460,8 +468,10 @@ def alice_decode(
     public: np.ndarray,
     synd: np.ndarray,
     max_iter: int = 200,
+    patience: int = STALL_PATIENCE,
 ) -> AliceFrame:
-    """Decode Bob's word from Alice's symbols, his octonions and his syndrome."""
+    """Decode Bob's word from Alice's symbols, his octonions and his syndrome
+    (``max_iter``, ``patience``: see :func:`dsp.ldpc.decode_syndrome`)."""
     llr = alice_llr(plan, code, x, public)
-    res = decode_syndrome(code, llr, synd, max_iter)
+    res = decode_syndrome(code, llr, synd, max_iter, patience)
     return AliceFrame(success=res.success, iterations=res.iterations, key=res.word[plan.key_pos])

@@ -110,6 +110,26 @@ def test_decoder_float32_tanh_and_atanh_within_5e7_relative():
     assert np.max(np.abs(_apply(_two_atanh, x) - ref) / np.abs(ref)) < 5e-7
 
 
+def test_decoder_stall_stop_gives_up_early_and_changes_no_decoded_frame(half_code):
+    rng = np.random.default_rng(5)
+    w = rng.integers(0, 2, half_code.n).astype(np.uint8)
+    syn = syndrome(half_code, w)
+    for snr in (1.6, 1.3):  # rate 0.5: beta 0.73, 0.83 (decodes)
+        llr = 2 * snr * ((1 - 2.0 * w) + rng.standard_normal(w.size) / math.sqrt(snr))
+        a = decode_syndrome(half_code, llr, syn, 300, patience=40)
+        b = decode_syndrome(half_code, llr, syn, 300, patience=0)
+        assert a.success and b.success and a.iterations == b.iterations
+        assert np.array_equal(a.word, w) and np.array_equal(b.word, w)
+    llr = 2 * 0.3 * ((1 - 2.0 * w) + rng.standard_normal(w.size) / math.sqrt(0.3))
+    stalled = decode_syndrome(half_code, llr, syn, 300, patience=40)
+    assert not stalled.success and 50 <= stalled.iterations < 300
+    assert stalled.iterations % 10 == 0
+    assert decode_syndrome(half_code, llr, syn, 300, patience=0).iterations == 300
+    for bad in (-10, 15):
+        with pytest.raises(ValueError, match="patience must be a multiple of 10"):
+            decode_syndrome(half_code, llr, syn, 300, patience=bad)
+
+
 def test_decoder_rejects_non_finite_llrs(half_code):
     llr = np.zeros(half_code.n)
     llr[3] = np.nan
