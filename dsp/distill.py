@@ -52,6 +52,7 @@ from dsp.reconciliation import (
     alice_decode,
     bob_encode,
     code_family,
+    operating_beta,
     plan_frame,
     random_bits,
     select_code,
@@ -90,7 +91,8 @@ class DistillConfig:
     block_bits
         LDPC mother-code length (1e5 .. 1e6 bits).
     beta
-        Target reconciliation efficiency; ``None`` uses each code's measured operating point.
+        Target reconciliation efficiency; ``None`` uses the chosen code's
+        :func:`dsp.reconciliation.operating_beta` at the frame's SNR.
     pa_method
         ``"mas"`` or ``"toeplitz"`` (see :mod:`dsp.privacy`).
     eps_pa
@@ -266,7 +268,7 @@ class Bob:
         spec = select_code(p._family, snr, p.config.beta)
         index = p._family.index(spec)
         code = p.code(index)
-        beta = spec.beta_op if p.config.beta is None else p.config.beta
+        beta = operating_beta(spec, snr) if p.config.beta is None else p.config.beta
         plan = plan_frame(code, snr, beta)
         if self._offset + plan.n_data > self._y.size:
             return None

@@ -46,7 +46,14 @@ def _frames(
 ) -> list[tuple[bool, float, int, float, str]]:
     """Run ``count`` frames at ``snr`` (optional 5th item: target beta instead of the
     code's operating point): (ok, beta, iterations, seconds, code name) per frame."""
-    from dsp.reconciliation import alice_decode, bob_encode, code_family, plan_frame, select_code
+    from dsp.reconciliation import (
+        alice_decode,
+        bob_encode,
+        code_family,
+        operating_beta,
+        plan_frame,
+        select_code,
+    )
     from dsp.verification import poly_hash, random_hash_key
 
     snr, block, count, seed = args[:4]
@@ -54,7 +61,7 @@ def _frames(
     family = code_family(block)
     spec = select_code(family, snr, target)
     code = spec.build()
-    plan = plan_frame(code, snr, spec.beta_op if target is None else target)
+    plan = plan_frame(code, snr, operating_beta(spec, snr) if target is None else target)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):

@@ -29,6 +29,7 @@ from dsp.reconciliation import (
     met_ensemble,
     octonion_conj,
     octonion_mul,
+    operating_beta,
     plan_frame,
     select_code,
 )
@@ -194,6 +195,25 @@ def test_select_code_shortens_rather_than_punctures(family):
     for spec in family:
         snr = 2.0 ** (2.0 * spec.rate / spec.beta_op) * 1.0005 - 1.0
         assert select_code(family, snr).name == spec.name
+
+
+def test_operating_beta_charges_shortening_and_default_selection_uses_it():
+    fam = code_family(1_000_000)  # specs only: nothing is built
+    by = {c.name: c for c in fam}
+    for spec in fam:  # at its own measured point a code runs at beta_op
+        snr = 1.0 if spec.op_snr else 2.0 ** (2.0 * spec.rate / spec.beta_op) - 1.0
+        assert math.isclose(operating_beta(spec, snr), spec.beta_op, abs_tol=1e-9)
+    # SNR 0.167 lies between met-r0.10 and met-r0.18. met-r0.18 shortened by 9 % to its
+    # beta_op 0.93 failed 20 frames of 20 there (and at 0.87, 0.89, 0.91); the default
+    # choice is met-r0.10 with 1 % puncturing at rate / (0.99 C).
+    snr = 0.167
+    assert operating_beta(by["met-r0.18"], snr) < 0.88
+    spec = select_code(fam, snr)
+    assert spec.name == "met-r0.10"
+    assert math.isclose(operating_beta(spec, snr), 0.1 / (0.99 * capacity(snr)), rel_tol=1e-9)
+    # More shortening, less efficiency; never above beta_op.
+    ops = [operating_beta(by["met-r0.18"], s) for s in (0.17, 0.2, 0.25, 0.3)]
+    assert ops == sorted(ops) and max(ops) <= by["met-r0.18"].beta_op
 
 
 def test_reverse_reconciliation_round_trip(family, half_code):
