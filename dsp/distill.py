@@ -15,8 +15,11 @@ reconciliation: his data define the key):
    block id and the key index. Alice answers ``PaAck``.
 
 A message that fails authentication, is replayed or malformed is rejected; the run goes on
-with the next frame. :func:`distill_block` runs a block over a channel object (in-process
-by default; :mod:`hil.classical_channel` carries the same bytes over ZeroMQ).
+with the next frame. A lost reply is retransmitted as the same bytes (:func:`exchange`),
+and Alice answers the retransmission with her cached reply, so both sides commit a
+block or neither does unless every retransmission is lost too. :func:`distill_block`
+runs a block over a channel object (in-process by default; :mod:`hil.classical_channel`
+carries the same bytes over ZeroMQ).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ __all__ = [
     "InProcessChannel",
     "bob_run_block",
     "distill_block",
+    "exchange",
     "key_id",
 ]
 
@@ -405,6 +409,8 @@ class Alice:
         self._keys: dict[int, np.ndarray] = {}
         self.committed: list[tuple[bytes, list[tuple[uuid.UUID, bytes]]]] = []
         self.decode_seconds = 0.0
+        self.retransmissions = 0
+        self._last: tuple[bytes, bytes] | None = None
 
     @property
     def party(self) -> _Party:
@@ -419,7 +425,20 @@ class Alice:
         self._keys.clear()
 
     def handle(self, data: bytes) -> bytes:
-        """Answer one message from Bob (always an authenticated reply)."""
+        """Answer one message from Bob (always an authenticated reply).
+
+        The same bytes as the previous request (Bob retransmitting after a lost reply) get
+        the same reply again, with no new decoding, commit or MAC key: so a lost
+        ``PaAck`` cannot leave the block committed on Alice's side only.
+        """
+        if self._last is not None and data == self._last[0]:
+            self.retransmissions += 1
+            return self._last[1]
+        reply = self._answer(data)
+        self._last = (data, reply)
+        return reply
+
+    def _answer(self, data: bytes) -> bytes:
         try:
             msg = self._p._open(data)
         except MessageError:
@@ -552,6 +571,21 @@ class BlockResult:
         return self.key_bits / self.n_symbols_offered if self.n_symbols_offered else 0.0
 
 
+RETRIES = 2
+"""Retransmissions of a request whose reply was lost, before Bob gives the exchange up."""
+
+
+def exchange(channel: Channel, data: bytes, retries: int = RETRIES) -> bytes | None:
+    """Send ``data`` and return Alice's reply, retransmitting the same bytes up to
+    ``retries`` times while the reply is lost (``None``); Alice answers a retransmission
+    with her cached reply (:meth:`Alice.handle`)."""
+    for _ in range(retries + 1):
+        reply = channel.exchange(data)
+        if reply is not None:
+            return reply
+    return None
+
+
 def bob_run_block(
     bob: Bob,
     y_bob: np.ndarray,
@@ -559,10 +593,12 @@ def bob_run_block(
     eve_bits_per_symbol: float | Callable[[int], float],
     channel: Channel,
     max_frames: int | None = None,
+    retries: int = RETRIES,
 ) -> BlockResult:
     """Bob's side of one block over any channel (Alice may run on another host).
 
-    Returns a :class:`BlockResult` whose ``alice_keys`` is empty (Alice holds hers).
+    A lost reply is retried ``retries`` times (:func:`exchange`). Returns a
+    :class:`BlockResult` whose ``alice_keys`` is empty (Alice holds hers).
     """
     t0 = time.perf_counter()
     bob.load_block(y_bob)
@@ -572,9 +608,9 @@ def bob_run_block(
         if built is None:
             break
         data, st = built
-        frames.append(bob.handle_ack(st.frame_id, channel.exchange(data)))
+        frames.append(bob.handle_ack(st.frame_id, exchange(channel, data, retries)))
     data, acct = bob.pa_message(eve_bits_per_symbol)
-    block_id, bob_keys = bob.handle_pa_ack(channel.exchange(data))
+    block_id, bob_keys = bob.handle_pa_ack(exchange(channel, data, retries))
     return BlockResult(
         block_id=block_id,
         alice_keys=[],

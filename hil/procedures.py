@@ -1449,7 +1449,7 @@ def _distill_frames(
             if built is None:
                 break
             data, st = built
-            st = bob.handle_ack(st.frame_id, chan.exchange(data))
+            st = bob.handle_ack(st.frame_id, distill.exchange(chan, data))
             frames.append(st)
             failed = 0 if st.status == "ok" else failed + 1
             if failed >= MAX_FAILED_IN_A_ROW:
@@ -1469,7 +1469,7 @@ def _distill_frames(
     finally:
         party.config = config
     data, acct = bob.pa_message(eve_bits)
-    block_id, bob_keys = bob.handle_pa_ack(chan.exchange(data))
+    block_id, bob_keys = bob.handle_pa_ack(distill.exchange(chan, data))
     alice_keys: list[Any] = []
     if alice.committed and alice.committed[-1][0] == block_id:
         alice_keys = alice.committed[-1][1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from dsp.distill import Alice, Bob, DistillConfig, bob_run_block
@@ -27,3 +29,36 @@ def test_block_over_zeromq_loopback():
         server.stop()
     assert res.frames_ok == 1
     assert res.bob_keys and alice.committed[-1][1] == res.bob_keys
+
+
+class _SlowPaReply:
+    """Alice whose first PaAck arrives after Bob's timeout (a lost reply)."""
+
+    def __init__(self, alice: Alice, delay_s: float) -> None:
+        self.alice, self.delay_s, self.slowed = alice, delay_s, False
+
+    def handle(self, data: bytes) -> bytes:
+        reply = self.alice.handle(data)
+        if len(self.alice.committed) == 1 and not self.slowed:
+            self.slowed = True
+            time.sleep(self.delay_s)
+        return reply
+
+
+def test_lost_pa_ack_over_zeromq_is_retransmitted():
+    cfg = DistillConfig(block_bits=20_000, beta=0.8)
+    alice = Alice(PSK, cfg, np.random.default_rng(1))
+    bob = Bob(PSK, cfg, np.random.default_rng(2))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(16_664)
+    y = x + rng.standard_normal(x.size)
+    alice.load_block(x)
+    server = ZmqAliceServer(_SlowPaReply(alice, 3.0), "tcp://127.0.0.1:*")  # type: ignore[arg-type]
+    server.start()
+    try:
+        with ZmqBobChannel(server.endpoint, timeout_s=2.5) as chan:
+            res = bob_run_block(bob, y, 1.0, 0.05, chan, max_frames=1)
+    finally:
+        server.stop()
+    assert res.frames_ok == 1 and alice.retransmissions == 1
+    assert res.bob_keys and alice.committed == [(res.block_id, res.bob_keys)]

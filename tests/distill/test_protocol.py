@@ -110,6 +110,31 @@ def test_tampered_message_rejected_and_run_continues(attack):
     assert alice.party.rejected + bob.party.rejected >= 1
 
 
+@pytest.mark.parametrize("lost", [1, 3])  # Alice's Ack of frame 1, her PaAck
+def test_lost_reply_is_retransmitted_and_both_commit(lost):
+    def drop(direction: str, i: int, data: bytes) -> bytes | None:
+        return None if direction == "ab" and i == lost else data
+
+    res, alice, bob = _run_with(drop)
+    assert [f.status for f in res.frames] == ["ok", "ok", "ok"]
+    assert alice.retransmissions == 1
+    assert res.bob_keys and res.alice_keys == res.bob_keys
+    # Alice committed once and the MAC pools are still in step: the next block runs.
+    assert len(alice.committed) == 1
+    x, y = _data(16_664, 7)
+    nxt = distill_block(alice, bob, x, y, SNR, 0.05, max_frames=1)
+    assert nxt.bob_keys and nxt.alice_keys == nxt.bob_keys
+
+
+def test_without_retransmission_a_lost_pa_ack_leaves_bob_without_the_block():
+    alice, bob = _parties()
+    x, y = _data(16_664, 6)
+    alice.load_block(x)
+    chan = InProcessChannel(alice, tamper=lambda d, i, b: None if (d, i) == ("ab", 1) else b)
+    res = distill_mod.bob_run_block(bob, y, SNR, 0.05, chan, max_frames=1, retries=0)
+    assert res.bob_keys == [] and alice.committed  # the case retransmission exists for
+
+
 def test_mac_keys_never_reused(monkeypatch):
     used: list[bytes] = []
     real_tag = mac.tag
@@ -136,5 +161,5 @@ def test_bad_inputs_are_clear_errors():
     assert alice.handle(b"garbage")  # an authenticated rejection, not an exception
     with pytest.raises(mac.MacKeyExhaustedError):
         a2 = Alice(bytes(64))
-        for _ in range(3):
-            a2.handle(b"garbage")
+        for i in range(3):  # distinct: an identical request is a retransmission
+            a2.handle(b"garbage %d" % i)
