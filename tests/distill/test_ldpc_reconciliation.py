@@ -203,7 +203,7 @@ def test_operating_beta_charges_shortening_and_default_selection_uses_it():
     for spec in fam:  # at its own measured point a code runs at beta_op
         snr = 1.0 if spec.op_snr else 2.0 ** (2.0 * spec.rate / spec.beta_op) - 1.0
         assert math.isclose(operating_beta(spec, snr), spec.beta_op, abs_tol=1e-9)
-    # SNR 0.167 lies between met-r0.10 and met-r0.18. met-r0.18 shortened by 9 % to its
+    # SNR 0.167 lies just above met-r0.10's own SNR. met-r0.18 shortened by 9 % to its
     # beta_op 0.93 failed 20 frames of 20 there (and at 0.87, 0.89, 0.91); the default
     # choice is met-r0.10 with 1 % puncturing at rate / (0.99 C).
     snr = 0.167
