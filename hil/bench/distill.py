@@ -109,17 +109,22 @@ def reconcile_throughput(block: int, frames: int, beta: float | None = None) -> 
     """One-core reconciliation throughput at rate ~0.1: met-r0.10 at its operating point
     (``beta`` None) or at ``beta``, at the SNR where it needs no shortening.
 
-    A failed frame runs until the decoder's stall stop gives it up (50 .. 150 iterations,
-    against 20 .. 35 for a decoded one), so the figure needs tens of frames to charge
-    failures at their rate (40 in ``make bench``), and it falls as beta nears the
-    operating point."""
+    Best of two passes over the same frames. A failed frame runs until the decoder's
+    stall stop gives it up (50 .. 150 iterations, against 20 .. 35 for a decoded one),
+    so the figure needs tens of frames to charge failures at their rate (40 in
+    ``make bench``), and it falls as beta nears the operating point."""
     from dsp.reconciliation import code_family
 
     spec = next(s for s in code_family(block) if s.name == "met-r0.10")
     b = spec.beta_op if beta is None else beta
     snr = 2.0 ** (2 * spec.rate / b) - 1.0
     _frames((snr, block, 1, 7, b))  # compile and build outside the timing
-    res = _frames((snr, block, frames, 8, b))
+    # The same frames twice (seeded): the faster pass, so that a burst of load from
+    # elsewhere on a shared machine does not set the figure.
+    res = min(
+        (_frames((snr, block, frames, 8, b)) for _ in range(2)),
+        key=lambda rr: sum(r[3] for r in rr),
+    )
     bits = sum(block for _ in res)
     secs = sum(r[3] for r in res)
     fer = 1.0 - sum(r[0] for r in res) / len(res)
