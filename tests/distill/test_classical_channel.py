@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from dsp.distill import Alice, Bob, DistillConfig, bob_run_block
+from dsp.distill import Alice, Bob, DistillConfig, bob_run_block, distill_block
 from hil.classical_channel import ZmqAliceServer, ZmqBobChannel
 
 PSK = np.random.default_rng(98).bytes(512)
@@ -52,11 +52,15 @@ def test_lost_pa_ack_over_zeromq_is_retransmitted():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(16_664)
     y = x + rng.standard_normal(x.size)
+    # Compile the decoder and build the code first (a fresh clone has no numba cache), so
+    # that only the PaAck is slower than Bob's timeout.
+    warm = distill_block(Alice(PSK, cfg), Bob(PSK, cfg), x, y, 1.0, 0.05, max_frames=1)
+    assert warm.frames_ok == 1
     alice.load_block(x)
-    server = ZmqAliceServer(_SlowPaReply(alice, 3.0), "tcp://127.0.0.1:*")  # type: ignore[arg-type]
+    server = ZmqAliceServer(_SlowPaReply(alice, 5.0), "tcp://127.0.0.1:*")  # type: ignore[arg-type]
     server.start()
     try:
-        with ZmqBobChannel(server.endpoint, timeout_s=2.5) as chan:
+        with ZmqBobChannel(server.endpoint, timeout_s=4.0) as chan:
             res = bob_run_block(bob, y, 1.0, 0.05, chan, max_frames=1)
     finally:
         server.stop()
