@@ -473,6 +473,7 @@ class Alice:
             msg.public,
             msg.syndrome,
             spec.max_iter,
+            spec.patience,
         )
         self.decode_seconds += time.perf_counter() - t0
         if not res.success:

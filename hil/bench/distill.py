@@ -72,7 +72,7 @@ def _frames(
         key = enc.key(plan)
         hk = random_hash_key(rng)
         tag = poly_hash(key, hk)
-        res = alice_decode(code, plan, x, enc.public, enc.syndrome, spec.max_iter)
+        res = alice_decode(code, plan, x, enc.public, enc.syndrome, spec.max_iter, spec.patience)
         ok = res.success and poly_hash(res.key, hk) == tag
         out.append((ok, plan.beta, res.iterations, time.perf_counter() - t0, spec.name))
     return out

@@ -10,6 +10,7 @@ import pytest
 
 from dsp.ldpc import (
     BLOCK_CHECKS,
+    STALL_PATIENCE,
     Ensemble,
     _code_schedule,
     _tanh_half,
@@ -200,6 +201,9 @@ def test_select_code_shortens_rather_than_punctures(family):
 def test_operating_beta_charges_shortening_and_default_selection_uses_it():
     fam = code_family(1_000_000)  # specs only: nothing is built
     by = {c.name: c for c in fam}
+    # The stall stop is on for short frames only (a 1e6-bit frame may still decode late).
+    assert {c.patience for c in fam} == {0}
+    assert {c.patience for c in code_family(100_000)} == {STALL_PATIENCE}
     for spec in fam:  # at its own measured point a code runs at beta_op
         snr = 1.0 if spec.op_snr else 2.0 ** (2.0 * spec.rate / spec.beta_op) - 1.0
         assert math.isclose(operating_beta(spec, snr), spec.beta_op, abs_tol=1e-9)
