@@ -381,10 +381,10 @@ of seven family codes at or just above their operating points (1e5 and 1e6 bits)
 unsatisfied checks, up to the cap, and gave up after 90 .. 137 iterations on average
 instead of 200 .. 300 (25 % fewer iterations over all frames, 35 % for met-r0.10 at
 1e5); 3 of the 495 frames that decoded had stalled longer (60 .. 90 iterations, all at
-1e5 bits) and were lost. 30 lost 2 more at 1e6. In ``make bench`` at 1e6 bits one frame
-of 60 (met-r0.033, SNR 0.05) was lost that would have decoded at iteration 260 after 130
-iterations without progress, so the code family turns the stop off from 5e5 bits
-(:class:`dsp.reconciliation.CodeSpec` ``patience``)."""
+1e5 bits) and were lost (a patience of 30 would have lost 2 more at 1e6). In
+``make bench`` at 1e6 bits one frame of 60 (met-r0.033, SNR 0.05) was lost that would
+have decoded at iteration 260 after 130 iterations without progress, so the code family
+turns the stop off from 5e5 bits (:class:`dsp.reconciliation.CodeSpec` ``patience``)."""
 
 BLOCK_CHECKS = 128
 """Most checks per block of the decoder's schedule (measured: 64 is 35 % slower, 256 and
