@@ -59,7 +59,15 @@ def test_lost_pa_ack_over_zeromq_is_retransmitted():
     # Compile the decoder and build the code first (a fresh clone has no numba cache), so
     # that only the PaAck is slower than Bob's timeout.
     x, y = _data()
-    warm = distill_block(Alice(PSK, CFG), Bob(PSK, CFG), x, y, 1.0, 0.05, max_frames=1)
+    warm = distill_block(
+        Alice(PSK, CFG, np.random.default_rng(1)),
+        Bob(PSK, CFG, np.random.default_rng(2)),
+        x,
+        y,
+        1.0,
+        0.05,
+        max_frames=1,
+    )
     assert warm.frames_ok == 1
     alice = Alice(PSK, CFG, np.random.default_rng(1))
     res = _one_frame_over_zmq(alice, _SlowPaReply(alice, 5.0), timeout_s=4.0)
