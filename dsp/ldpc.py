@@ -128,11 +128,15 @@ def _counts(fracs: list[float], n: int) -> np.ndarray:
     return out
 
 
-def build_code(ensemble: Ensemble, n: int, seed: int, cycles: int = 3) -> LDPCCode:
+def build_code(
+    ensemble: Ensemble, n: int, seed: int, cycles: int = 3, chain: bool = False
+) -> LDPCCode:
     """Build a code of length about ``n`` from ``ensemble``, reproducibly from ``seed``.
 
     Degree-2 variables of an edge type are rewired until none lies on a cycle of at most
     ``cycles`` of them (such cycles are low-weight codewords; :func:`_break_short_cycles`).
+    With ``chain`` they are instead laid along one path of checks (an accumulator), so
+    none lies on any cycle of degree-2 variables (:func:`_chain_edges`).
 
     Socket counts of each edge type are matched exactly by adding or removing sockets on
     randomly chosen check nodes of that type; the exact ``n`` is ``sum(var counts)``.
@@ -170,9 +174,12 @@ def build_code(ensemble: Ensemble, n: int, seed: int, cycles: int = 3) -> LDPCCo
                 pick = pick[cdeg[pick, t] > 1]
                 cdeg[pick, t] -= 1
                 diff += pick.size
-        cs = np.repeat(np.arange(nc), cdeg[:, t])
-        col = vs[rng.permutation(vs.size)]
-        if np.any(vdeg[:, t] == 2):
+        if chain and np.any(vdeg[:, t] == 2):
+            cs, col = _chain_edges(cdeg[:, t], vdeg[:, t], rng, ensemble.name, t)
+        else:
+            cs = np.repeat(np.arange(nc), cdeg[:, t])
+            col = vs[rng.permutation(vs.size)]
+        if np.any(vdeg[:, t] == 2) and not chain:
             left = _break_short_cycles(
                 cs, col, vdeg[:, t] == 2, nc, int(rng.integers(2**31)), cycles
             )
@@ -204,6 +211,36 @@ def build_code(ensemble: Ensemble, n: int, seed: int, cycles: int = 3) -> LDPCCo
         seed=seed,
         ensemble=ensemble,
     )
+
+
+def _chain_edges(
+    cdeg: np.ndarray, vdeg: np.ndarray, rng: np.random.Generator, name: str, t: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of one type with its degree-2 variables on a path of distinct checks.
+
+    The ``k`` degree-2 variables, in random order, join checks ``c_0 - c_1 - ... - c_k``
+    (a random order of the checks with at least two sockets): a forest has no cycle, so
+    no set of degree-2 variables is a codeword of the checks alone. The other sockets
+    are joined at random. Returns (check, variable) per edge.
+    """
+    two = np.flatnonzero(vdeg == 2)
+    k = two.size
+    wide = np.flatnonzero(cdeg >= 2)
+    if k + 1 > wide.size:
+        raise ValueError(
+            f"ensemble {name!r}: {k} degree-2 variables of edge type {t} need a path of "
+            f"{k + 1} checks with >= 2 sockets, only {wide.size}; raise the degree-3 share"
+        )
+    path = rng.permutation(wide)[: k + 1]
+    two = rng.permutation(two)
+    used = np.zeros(cdeg.size, dtype=np.int64)
+    np.add.at(used, path[:-1], 1)
+    np.add.at(used, path[1:], 1)
+    rest = np.repeat(np.arange(cdeg.size), cdeg - used)
+    others = np.repeat(np.arange(vdeg.size), np.where(vdeg == 2, 0, vdeg))
+    cs = np.concatenate([path[:-1], path[1:], rest])
+    col = np.concatenate([two, two, others[rng.permutation(others.size)]])
+    return cs, col
 
 
 @numba.njit(cache=True)

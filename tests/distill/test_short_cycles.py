@@ -53,3 +53,22 @@ def test_no_degree2_cycle_up_to_the_limit(cycles: int) -> None:
     code = build_code(ens, 100_000, seed=3, cycles=cycles)
     assert _shortest_core_cycle(code) > cycles
     assert _shortest_core_cycle(build_code(ens, 100_000, seed=3, cycles=1)) <= cycles
+
+
+def test_chain_leaves_no_degree2_cycle_and_keeps_the_degrees() -> None:
+    ens = met_ensemble(0.065, 0.0940, 2.78, 0.70, "t", 20.4)
+    code = build_code(ens, 100_000, seed=3, chain=True)
+    assert _shortest_core_cycle(code) == 10**9  # no cycle of degree-2 core bits at all
+    free = build_code(ens, 100_000, seed=3, cycles=1)
+    assert _shortest_core_cycle(free) < 10**9  # the random wiring at this length has some
+    # Same variable degrees as the random wiring (the chain only moves sockets; either
+    # wiring drops the odd repeated edge of a degree-3 bit).
+    assert np.mean(np.diff(code.var_ptr) != np.diff(free.var_ptr)) < 1e-3
+    assert abs(code.chk_var.size - free.chk_var.size) < 1e-3 * free.chk_var.size
+    assert np.array_equal(build_code(ens, 100_000, seed=3, chain=True).chk_var, code.chk_var)
+
+
+def test_chain_needs_fewer_degree2_bits_than_core_checks() -> None:
+    crowded = met_ensemble(0.065, 0.0906, 2.66, 0.41, "t", 4.7)  # 53 k degree-2 bits, 26 k checks
+    with pytest.raises(ValueError, match="raise the degree-3 share"):
+        build_code(crowded, 100_000, seed=3, chain=True)
