@@ -54,8 +54,9 @@ def test_code_reproducible_and_syndrome_matches_dense(family):
     a, b = spec.build(), spec.build()
     assert np.array_equal(a.chk_var, b.chk_var) and np.array_equal(a.chk_ptr, b.chk_ptr)
     small = build_code(spec.ensemble, 400, 7, cycles=1)
+    crowded = met_ensemble(0.065, 0.0906, 2.66, 0.41, "t", 4.7)
     with pytest.raises(ValueError, match="cycles of <= 3 degree-2"):
-        build_code(spec.ensemble, 400, 7, cycles=3)  # 10 core checks cannot avoid them
+        build_code(crowded, 400, 7, cycles=3)  # 10 core checks cannot avoid them
     w = np.random.default_rng(0).integers(0, 2, small.n).astype(np.uint8)
     assert np.array_equal(syndrome(small, w), (small.dense().astype(int) @ w) % 2)
     assert abs(a.rate - spec.rate) < 1e-3
