@@ -402,6 +402,8 @@ def plan_frame(code: LDPCCode, snr: float, beta: float) -> FramePlan:
     Positions are taken in a fixed pseudo-random order derived from the code's seed, so
     both parties compute the same plan from ``(code, snr, beta)``. Only bits of degree
     >= 2 are punctured (a punctured degree-1 bit would carry no information at all).
+    The rate is rounded up (by less than ``8 / N``), so the plan's beta is never below
+    the target.
     """
     if not 0.0 < beta < 1.2:
         raise ValueError(f"target beta {beta} outside (0, 1.2)")
@@ -414,14 +416,14 @@ def plan_frame(code: LDPCCode, snr: float, beta: float) -> FramePlan:
     if rt <= code.rate:
         # Shorten s bits; a few punctured bits absorb the rounding of N to a multiple of 8.
         n_data = min(n // DIM * DIM, int(m / (1.0 - rt)) // DIM * DIM)
-        s = min(n - n_data, max(0, round(n - m - rt * n_data)))
+        s = min(n - n_data, max(0, math.floor(n - m - rt * n_data)))
         shortened = np.sort(order[:s])
         rest = order[s:]
         pool = rest[deg[rest] >= 2]
         punctured = np.sort(pool[: n - n_data - s])
         rate = (n - m - s) / n_data
     else:
-        n_data = min(n // DIM * DIM, math.ceil((n - m) / rt / DIM) * DIM)
+        n_data = min(n // DIM * DIM, math.floor((n - m) / rt / DIM) * DIM)
         p = n - n_data
         pool = order[deg[order] >= 2]
         if p > pool.size:
