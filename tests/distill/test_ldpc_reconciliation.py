@@ -178,6 +178,10 @@ def test_rate_adaptation_hits_beta(family):
         plan = plan_frame(code, snr, 0.9)
         # N is a multiple of 8 and s, p are integers: the rate lands at most 8/N above.
         assert 0.0 <= plan.rate - 0.9 * capacity(snr) <= 8.0 / plan.n_data
+        bp = 1.005 * code.rate / capacity(snr)  # punctured by ~0.5 %
+        pp = plan_frame(code, snr, bp)
+        assert pp.punctured.size > 0 and not pp.shortened.size
+        assert 0.0 <= pp.rate - bp * capacity(snr) <= 8.0 / pp.n_data
         assert plan.n_data + plan.punctured.size + plan.shortened.size == code.n
         assert math.isclose(plan.rate, plan.beta * capacity(snr))
 
