@@ -174,12 +174,13 @@ def build_code(
                 pick = pick[cdeg[pick, t] > 1]
                 cdeg[pick, t] -= 1
                 diff += pick.size
-        if chain and np.any(vdeg[:, t] == 2):
+        has_two = bool(np.any(vdeg[:, t] == 2))
+        if chain and has_two:
             cs, col = _chain_edges(cdeg[:, t], vdeg[:, t], rng, ensemble.name, t)
         else:
             cs = np.repeat(np.arange(nc), cdeg[:, t])
             col = vs[rng.permutation(vs.size)]
-        if np.any(vdeg[:, t] == 2) and not chain:
+        if has_two and not chain:
             left = _break_short_cycles(
                 cs, col, vdeg[:, t] == 2, nc, int(rng.integers(2**31)), cycles
             )
