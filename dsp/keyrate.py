@@ -63,6 +63,7 @@ Nat. Commun. 8, 15043 (2017).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -640,7 +641,7 @@ def best_modulation_variance(
     xi: float,
     eta: float,
     v_el: float,
-    beta: float,
+    beta: float | Callable[[float], float],
     *,
     N: int | None = None,
     trusted: bool = True,
@@ -653,6 +654,11 @@ def best_modulation_variance(
     ``finite_kwargs`` (``pe_fraction``, ``all_symbols``, epsilons). A log-spaced grid
     scan brackets the maximum, then a bounded Brent search refines it.
 
+    ``beta`` is a number or a function of the SNR: the efficiency the reconciliation
+    codes reach there (:func:`dsp.reconciliation.family_beta`). That curve is a
+    sawtooth, so its grid is four times finer and the refinement is kept only if it
+    beats the best grid point.
+
     Returns
     -------
     tuple of float
@@ -663,13 +669,14 @@ def best_modulation_variance(
         raise ValueError(f"best_modulation_variance: bad V_A_range={V_A_range!r}")
 
     def rate(v: float) -> float:
+        b = beta(snr(v, T, xi, eta, v_el)) if callable(beta) else beta
         if N is None:
-            return asymptotic_key_rate(v, T, xi, eta, v_el, beta, trusted=trusted).rate
+            return asymptotic_key_rate(v, T, xi, eta, v_el, b, trusted=trusted).rate
         return finite_size_key_rate(
-            v, T, xi, eta, v_el, beta, N, trusted=trusted, **finite_kwargs
+            v, T, xi, eta, v_el, b, N, trusted=trusted, **finite_kwargs
         ).rate
 
-    grid = np.geomspace(lo, hi, 41)
+    grid = np.geomspace(lo, hi, 161 if callable(beta) else 41)
     values = np.array([rate(float(v)) for v in grid])
     k = int(np.argmax(values))
     a, b = float(grid[max(k - 1, 0)]), float(grid[min(k + 1, len(grid) - 1)])

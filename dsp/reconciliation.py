@@ -49,6 +49,8 @@ __all__ = [
     "bob_encode",
     "capacity",
     "code_family",
+    "family_beta",
+    "frame_data_bits",
     "md_channel",
     "met_ensemble",
     "octonion_conj",
@@ -344,6 +346,21 @@ def operating_beta(spec: CodeSpec, snr: float) -> float:
     return (spec.rate - s) / ((1.0 - s) * c) - SHORTEN_PENALTY * extra
 
 
+def family_beta(family: tuple[CodeSpec, ...], snr: float) -> float:
+    """The efficiency the family reaches at this SNR: the best :func:`operating_beta`
+    over its codes (the code :func:`select_code` picks with no target).
+
+    A sawtooth in SNR: highest at each code's own operating point, lower where a code
+    must be shortened or punctured. The runner chooses the modulation variance on it
+    (``run.beta: auto``), so a link sits where a code works best.
+    """
+    if not family:
+        raise ValueError("family_beta needs at least one code")
+    if not (math.isfinite(snr) and snr > 0):
+        raise ValueError(f"family_beta: SNR {snr!r} must be positive")
+    return max(operating_beta(spec, snr) for spec in family)
+
+
 def select_code(family: tuple[CodeSpec, ...], snr: float, beta: float | None = None) -> CodeSpec:
     """The mother code to use at this SNR: with ``beta`` None the one with the highest
     :func:`operating_beta` (then run it at that beta); with a target ``beta``, among the
@@ -396,14 +413,37 @@ class FramePlan:
         return np.concatenate([self.data_pos, self.punctured])
 
 
-def plan_frame(code: LDPCCode, snr: float, beta: float) -> FramePlan:
+def _data_bits(n: int, m: int, rt: float) -> tuple[int, int]:
+    """Data bits ``N`` and shortened bits ``s`` of a frame at target rate ``rt`` in a code
+    of length ``n`` with ``m`` checks (the rest of ``n - N`` is punctured)."""
+    if rt <= 1.0 - m / n:
+        # Shorten s bits; a few punctured bits absorb the rounding of N to a multiple of 8.
+        n_data = min(n // DIM * DIM, int(m / (1.0 - rt)) // DIM * DIM)
+        return n_data, min(n - n_data, max(0, math.floor(n - m - rt * n_data)))
+    return min(n // DIM * DIM, math.floor((n - m) / rt / DIM) * DIM), 0
+
+
+def frame_data_bits(spec: CodeSpec, snr: float, beta: float) -> int:
+    """Symbols one frame of ``spec`` takes at this SNR and beta (what :func:`plan_frame`
+    gives, from the specification alone: the built code's check count may differ by
+    a few), to know how a block of symbols divides into frames."""
+    n = spec.n
+    m = round(n * (1.0 - spec.rate))
+    return _data_bits(n, m, beta * capacity(snr))[0]
+
+
+def plan_frame(code: LDPCCode, snr: float, beta: float, max_data: int | None = None) -> FramePlan:
     """Choose ``N`` and the punctured or shortened positions to hit ``beta`` at ``snr``.
 
     Positions are taken in a fixed pseudo-random order derived from the code's seed, so
-    both parties compute the same plan from ``(code, snr, beta)``. Only bits of degree
-    >= 2 are punctured (a punctured degree-1 bit would carry no information at all).
-    The rate is rounded up (by less than ``8 / N``), so the plan's beta is never below
-    the target.
+    both parties compute the same plan from ``(code, snr, beta, max_data)``. Only bits of
+    degree >= 2 are punctured (a punctured degree-1 bit would carry no information at
+    all). The rate is rounded up (by less than ``8 / N``), so the plan's beta is never
+    below the target.
+
+    ``max_data`` caps ``N`` (the symbols left at the end of a block): the data bits the
+    cap removes are shortened, so the rate and beta fall below the target (by
+    ``(1 - R) / (R N)`` per bit; the caller decides whether that frame is worth it).
     """
     if not 0.0 < beta < 1.2:
         raise ValueError(f"target beta {beta} outside (0, 1.2)")
@@ -413,25 +453,22 @@ def plan_frame(code: LDPCCode, snr: float, beta: float) -> FramePlan:
         raise ValueError(f"target rate {rt:.4f} outside (0, 1)")
     order = np.random.default_rng([code.seed, 0x5EED]).permutation(n)
     deg = np.diff(code.var_ptr)
-    if rt <= code.rate:
-        # Shorten s bits; a few punctured bits absorb the rounding of N to a multiple of 8.
-        n_data = min(n // DIM * DIM, int(m / (1.0 - rt)) // DIM * DIM)
-        s = min(n - n_data, max(0, math.floor(n - m - rt * n_data)))
-        shortened = np.sort(order[:s])
-        rest = order[s:]
-        pool = rest[deg[rest] >= 2]
-        punctured = np.sort(pool[: n - n_data - s])
-        rate = (n - m - s) / n_data
-    else:
-        n_data = min(n // DIM * DIM, math.floor((n - m) / rt / DIM) * DIM)
-        p = n - n_data
-        pool = order[deg[order] >= 2]
-        if p > pool.size:
-            raise ValueError(f"cannot puncture {p} bits of code with {pool.size} candidates")
-        punctured = np.sort(pool[:p])
-        shortened = np.zeros(0, dtype=np.int64)
-        rate = (n - m) / n_data
-    if n_data <= 0 or rate <= 0:
+    n_data, s = _data_bits(n, m, rt)
+    if max_data is not None and max_data // DIM * DIM < n_data:
+        cut = n_data - max(0, max_data // DIM * DIM)
+        n_data -= cut
+        s += cut
+    if n_data <= 0:
+        raise ValueError(f"no usable frame at SNR {snr} and beta {beta} with this code")
+    shortened = np.sort(order[:s])
+    rest = order[s:]
+    pool = rest[deg[rest] >= 2]
+    p = n - n_data - s
+    if p > pool.size:
+        raise ValueError(f"cannot puncture {p} bits of code with {pool.size} candidates")
+    punctured = np.sort(pool[:p])
+    rate = (n - m - s) / n_data
+    if rate <= 0:
         raise ValueError(f"no usable frame at SNR {snr} and beta {beta} with this code")
     mask = np.ones(n, dtype=bool)
     mask[punctured] = False
@@ -440,7 +477,7 @@ def plan_frame(code: LDPCCode, snr: float, beta: float) -> FramePlan:
         n_data=int(n_data),
         data_pos=np.flatnonzero(mask),
         punctured=punctured,
-        shortened=shortened,
+        shortened=shortened.astype(np.int64),
         rate=float(rate),
         snr=float(snr),
     )

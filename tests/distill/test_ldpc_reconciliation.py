@@ -26,6 +26,7 @@ from dsp.reconciliation import (
     bob_encode,
     capacity,
     code_family,
+    family_beta,
     md_channel,
     met_ensemble,
     octonion_conj,
@@ -225,6 +226,22 @@ def test_operating_beta_charges_shortening_and_default_selection_uses_it():
     assert ops == sorted(ops) and max(ops) <= by["met-r0.18"].beta_op
 
 
+def test_family_beta_is_the_best_code_and_peaks_at_operating_points():
+    fam = code_family(1_000_000)
+    for snr in (0.04, 0.1, 0.167, 0.31, 0.37, 0.5, 1.0):
+        best = select_code(fam, snr)
+        assert family_beta(fam, snr) == operating_beta(best, snr)
+        assert family_beta(fam, snr) == max(operating_beta(c, snr) for c in fam)
+    # A sawtooth: at met-r0.18's own SNR the family reaches its beta_op 0.93; 20 % higher
+    # (shortened met-r0.23) it reaches less.
+    r18 = next(c for c in fam if c.name == "met-r0.18")
+    s18 = 2.0 ** (2.0 * r18.rate / r18.beta_op) - 1.0
+    assert family_beta(fam, s18) == pytest.approx(r18.beta_op)
+    assert family_beta(fam, 1.2 * s18) < r18.beta_op - 0.03
+    with pytest.raises(ValueError, match="SNR"):
+        family_beta(fam, 0.0)
+
+
 def test_reverse_reconciliation_round_trip(family, half_code):
     snr = 1.0
     plan = plan_frame(half_code, snr, 0.8)
@@ -247,6 +264,23 @@ def test_plan_at_exact_design_rate_and_odd_length(family):
     for beta in (0.5, spec.beta_op, 0.99):
         p = plan_frame(odd, 0.17, beta)
         assert p.n_data % DIM == 0 and p.n_data + p.punctured.size + p.shortened.size == odd.n
+
+
+def test_plan_capped_by_max_data_shortens_the_difference(family):
+    code = family[2].build()
+    for snr, beta in ((0.18, 0.93), (0.16, 0.90)):  # punctured, shortened
+        full = plan_frame(code, snr, beta)
+        assert plan_frame(code, snr, beta, max_data=full.n_data + 100).n_data == full.n_data
+        cut = plan_frame(code, snr, beta, max_data=full.n_data - 101)
+        assert cut.n_data == full.n_data - 104  # down to a multiple of 8
+        assert cut.shortened.size == full.shortened.size + 104
+        assert cut.punctured.size == full.punctured.size
+        parts = np.concatenate([cut.data_pos, cut.punctured, cut.shortened])
+        assert np.array_equal(np.sort(parts), np.arange(code.n))
+        drop = 104 * (1.0 - full.rate) / (full.n_data - 104) / capacity(snr)
+        assert cut.beta == pytest.approx(full.beta - drop, rel=1e-9)
+    with pytest.raises(ValueError, match="no usable frame"):
+        plan_frame(code, 0.18, 0.93, max_data=7)
 
 
 def test_met_ensemble_sockets_balance_and_rate():

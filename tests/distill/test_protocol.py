@@ -45,6 +45,23 @@ def test_identical_keys_with_agreed_ids_over_two_blocks():
     assert bob.party.recv_pool.available == alice.party.send_pool.available
 
 
+def test_last_frame_shortens_to_fit_the_block_if_that_costs_little():
+    # A frame needs 16,664 symbols. 16 short of two frames: the second is shortened by 16
+    # bits (beta 0.8 -> 0.799) and both decode; 1,664 short it would lose 0.13: one frame.
+    for short, frames in ((16, 2), (1_664, 1)):
+        alice, bob = _parties()
+        x, y = _data(2 * 16_664 - short, 6)  # seed 6: every frame decodes
+        res = distill_block(alice, bob, x, y, SNR, 0.05)
+        assert len(res.frames) == frames and res.frames_ok == frames
+        assert res.bob_keys and res.alice_keys == res.bob_keys
+        last = res.frames[-1]
+        if frames == 2:
+            assert last.n_data == 16_664 - short and last.shortened >= short
+            assert 0.8 - distill_mod.LAST_FRAME_BETA_LOSS < last.beta < 0.8
+        else:
+            assert last.n_data == 16_664 and abs(last.beta - 0.8) < 1e-3
+
+
 def test_failed_decoding_discarded_by_both_and_counted():
     alice, bob = _parties(DistillConfig(block_bits=20_000, beta=1.1))
     x, y = _data(20_000, 3)

@@ -245,6 +245,22 @@ def test_best_modulation_variance_is_a_maximum() -> None:
     assert kr.finite_size_key_rate(vf * 1.1, *args, 10**9).rate < kf
 
 
+def test_best_modulation_variance_follows_a_beta_curve() -> None:
+    # Codes that reach 0.95 up to SNR 0.2 and 0.80 above: the best V_A sits at the step
+    # (SNR 0.2, K 0.0761), above the best at a flat 0.80 (0.0374) and below a flat 0.95.
+    T, xi, eta, v_el = 0.316, 0.01, 0.6, 0.05
+
+    def curve(s: float) -> float:
+        return 0.95 if s <= 0.2 else 0.80
+
+    v, k = kr.best_modulation_variance(T, xi, eta, v_el, curve)
+    s = kr.snr(v, T, xi, eta, v_el)
+    assert 0.19 < s <= 0.2
+    assert k == pytest.approx(kr.asymptotic_key_rate(v, T, xi, eta, v_el, 0.95).rate)
+    assert k > kr.best_modulation_variance(T, xi, eta, v_el, 0.80)[1] * 1.5
+    assert k < kr.best_modulation_variance(T, xi, eta, v_el, 0.95)[1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [
