@@ -104,6 +104,9 @@ class RunSettings:
     ``frames`` is per link; a link distils once it holds ``block_frames`` clean frames (its
     finite-size block, ``block_frames * symbols_per_frame`` symbols). ``v_a`` is the
     modulation variance in SNU or ``None`` for the best key rate from the measured channel.
+    ``beta`` is the reconciliation efficiency, or ``None`` (``auto``) for what the LDPC
+    code family reaches at each SNR (:func:`dsp.reconciliation.family_beta`): ``V_A`` is
+    then chosen on that curve and every frame runs at its code's operating point.
     """
 
     frames: int = 3
@@ -113,7 +116,7 @@ class RunSettings:
     v_a: float | None = None
     v_a_min: float = 1.5
     v_a_max: float = 12.0
-    beta: float = 0.90
+    beta: float | None = None
     epsilon: float = 1e-10
     pe_fraction: float = 0.0
     distill: bool = True
@@ -320,6 +323,15 @@ class _V:
             raise self.fail(path, f"must be > {lo:g}, got {value}")
         _range(self, path, x, None if lo_open else lo, hi)
         return x
+
+
+def _auto_number(v: _V, value: Any, path: str, **limits: Any) -> float | None:
+    """A number within ``limits``, or ``None`` for ``auto`` (or an empty field)."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, str):
+        raise v.fail(path, f'expected a number or "auto", got "{value}"')
+    return v.number(value, path, **limits)
 
 
 def _range(v: _V, path: str, x: float, lo: float | None, hi: float | None) -> None:
@@ -604,12 +616,10 @@ def _run(v: _V, value: Any) -> RunSettings:
             "run.calibrate_every_frames",
             lo=0,
         ),
-        v_a=None
-        if item.get("v_a", "auto") in (None, "auto")
-        else v.number(item["v_a"], "run.v_a", lo=0.0, hi=100.0, lo_open=True),
+        v_a=_auto_number(v, item.get("v_a", "auto"), "run.v_a", lo=0.0, hi=100.0, lo_open=True),
         v_a_min=v.number(item.get("v_a_min", d.v_a_min), "run.v_a_min", lo=0.0, lo_open=True),
         v_a_max=v.number(item.get("v_a_max", d.v_a_max), "run.v_a_max", lo=0.0, hi=100.0),
-        beta=v.number(item.get("beta", d.beta), "run.beta", lo=0.5, hi=1.0),
+        beta=_auto_number(v, item.get("beta", "auto"), "run.beta", lo=0.5, hi=1.0),
         epsilon=v.number(
             item.get("epsilon", d.epsilon), "run.epsilon", lo=0.0, hi=0.1, lo_open=True
         ),

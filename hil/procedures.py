@@ -628,21 +628,73 @@ def initial_modulation_variance(
     eta = cal.eta if cal else 0.6
     v_el = cal.v_el if cal else 0.05
     T = 10 ** (-loss_db / 10) if math.isfinite(loss_db) else 0.1
-    return choose_modulation_variance(bench, T, 0.01, eta, v_el, bench.run.block_frames * n_symbols)
+    return choose_modulation_variance(bench, T, 0.01, eta, v_el, block_symbols(bench, n_symbols))
+
+
+def block_symbols(bench: Bench, n_symbols: int) -> int:
+    """Key symbols of a finite-size block of frames of ``n_symbols`` slots (the preamble
+    and the symbols revealed for the phase taken out)."""
+    usable = frame_format(bench, n_symbols).n_quantum - bench.run.reveal_symbols
+    return bench.run.block_frames * max(usable, 0)
+
+
+V_A_SWITCH_GAIN = 0.03
+"""Relative gain in expected key (:func:`expected_key_rate`) a new ``V_A`` must promise
+before a link moves to it. With ``run.beta: auto`` the key has a maximum near each
+code's operating point, and per-frame estimates of ``xi`` scatter by ~0.007 SNU; without
+this margin a link can flip between two maxima from frame to frame (measured: mdina
+alternated SNR 0.40 and 0.31 within one block)."""
+
+
+def pooled_estimates(summaries: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """``(T, xi)`` of several frames, each weighted by its inverse variance (equal
+    weights where a standard error is missing); ``None`` if no frame has both."""
+    pts = [
+        (float(sm["T"]), sm.get("T_err"), float(sm["xi"]), sm.get("xi_err"))
+        for sm in summaries
+        if sm.get("T") is not None and sm.get("xi") is not None and 0 < sm["T"] < 1
+    ]
+    if not pts:
+        return None
+
+    def mean(values: list[float], errs: list[Any]) -> float:
+        ok = all(e is not None and math.isfinite(e) and e > 0 for e in errs)
+        w = [1.0 / (e * e) for e in errs] if ok else [1.0] * len(values)
+        return sum(wi * v for wi, v in zip(w, values, strict=True)) / sum(w)
+
+    return mean([p[0] for p in pts], [p[1] for p in pts]), mean(
+        [p[2] for p in pts], [p[3] for p in pts]
+    )
 
 
 def next_modulation_variance(
-    bench: Bench, cal: Calibration | None, data: FrameData | None, n_symbols: int
+    bench: Bench,
+    cal: Calibration | None,
+    recent: list[dict[str, Any]],
+    current: float | None,
+    n_symbols: int,
 ) -> float | None:
-    """``V_A`` for the link's next frame, from this frame's estimates (``None``: keep)."""
-    if data is None or cal is None:
+    """``V_A`` for the link's next frame (``None``: keep ``current``).
+
+    ``recent`` are the summaries of the link's latest frames (the runner passes one
+    finite-size block's worth); their pooled ``T`` and ``xi`` choose the variance, and
+    the link moves only if that promises ``V_A_SWITCH_GAIN`` more key than ``current``.
+    """
+    if cal is None or bench.run.v_a is not None:
         return None
-    T, xi = data.summary.get("T"), data.summary.get("xi")
-    if T is None or xi is None or not 0 < T < 1:
+    pooled = pooled_estimates(recent)
+    if pooled is None:
         return None
-    return choose_modulation_variance(
-        bench, T, xi, cal.eta, cal.v_el, bench.run.block_frames * n_symbols
-    )
+    T, xi = pooled
+    n_block = block_symbols(bench, n_symbols)
+    v = choose_modulation_variance(bench, T, xi, cal.eta, cal.v_el, n_block)
+    if current is None or v == current:
+        return v
+    now = expected_key_rate(bench, current, T, xi, cal.eta, cal.v_el, n_block)
+    new = expected_key_rate(bench, v, T, xi, cal.eta, cal.v_el, n_block)
+    if now > 0 and new < now * (1.0 + V_A_SWITCH_GAIN):
+        return None
+    return v
 
 
 # --------------------------------------------------------------------------- key delivery
@@ -810,13 +862,117 @@ def _short_digest(data: bytes) -> str:
 # --------------------------------------------------------------------------- modulation
 
 
+def beta_at(bench: Bench, snr: float) -> float:
+    """The reconciliation efficiency the run expects at this SNR: ``run.beta``, or with
+    ``auto`` what the LDPC family of ``run.ldpc_block_bits`` reaches there (its best
+    code's measured operating point, lowered where the code is shortened or punctured;
+    :func:`dsp.reconciliation.family_beta`), held within ``0.5 .. 1``."""
+    run = bench.run
+    if run.beta is not None:
+        return run.beta
+    from dsp import reconciliation
+
+    family = _family(run.ldpc_block_bits)
+    return min(1.0, max(0.5, reconciliation.family_beta(family, max(snr, 1e-6))))
+
+
+_FAMILIES: dict[int, Any] = {}
+
+
+def _family(block_bits: int) -> Any:
+    """The code family of this length (specifications only: no matrix is built)."""
+    if block_bits not in _FAMILIES:
+        from dsp import reconciliation
+
+        _FAMILIES[block_bits] = reconciliation.code_family(block_bits)
+    return _FAMILIES[block_bits]
+
+
+def predicted_key_rate(
+    bench: Bench, v_a: float, T: float, xi: float, eta: float, v_el: float, n_block: int
+) -> float:
+    """Finite-size key rate of a block of ``n_block`` symbols at ``v_a`` for this channel,
+    at the efficiency the run expects there (:func:`beta_at`), counting only the symbols
+    whole reconciliation frames use (:func:`frames_fill`); ``-inf`` if undefined."""
+    from dsp import keyrate
+
+    run = bench.run
+    kw: dict[str, Any] = (
+        {"all_symbols": True} if run.pe_fraction == 0 else {"pe_fraction": run.pe_fraction}
+    )
+    T = min(max(T, 1e-4), 0.999)
+    xi = max(xi, 0.0)
+    try:
+        snr = keyrate.snr(v_a, T, xi, eta, v_el)
+        rate = keyrate.finite_size_key_rate(
+            v_a,
+            T,
+            xi,
+            eta,
+            v_el,
+            beta_at(bench, snr),
+            n_block,
+            eps_pe=run.epsilon,
+            eps_smooth=run.epsilon,
+            eps_pa=run.epsilon,
+            **kw,
+        ).rate
+    except (ValueError, ArithmeticError):
+        return -math.inf
+    return rate * frames_fill(bench, snr, n_block) if rate > 0 else rate
+
+
+SNR_SPREAD = 0.01
+"""Relative scatter of a block's SNR around the one its ``V_A`` was chosen for (Malta
+links, 5 runs: chosen for 0.3113, blocks came out at 0.3090 .. 0.3108). Both the codes'
+efficiency and the frames' fill of a block fall off cliffs in SNR, so a variance is
+judged by its key averaged over this spread, not at one point."""
+
+
+def expected_key_rate(
+    bench: Bench, v_a: float, T: float, xi: float, eta: float, v_el: float, n_block: int
+) -> float:
+    """:func:`predicted_key_rate` averaged over SNRs within ``SNR_SPREAD`` of ``v_a``'s
+    (SNR is proportional to ``V_A``)."""
+    rates = [
+        predicted_key_rate(bench, v_a * (1.0 + SNR_SPREAD * k), T, xi, eta, v_el, n_block)
+        for k in (-1.0, -0.5, 0.0, 0.5, 1.0)
+    ]
+    return float(np.mean(rates))
+
+
+def frames_fill(bench: Bench, snr: float, n_block: int) -> float:
+    """Fraction of a block's ``2 n_block`` real symbols that whole reconciliation frames
+    use at this SNR (the code and beta the distillation would take); the rest is left.
+
+    A frame of a 1e6-bit code takes up to 1e6 symbols: met-r0.18 at beta 0.93 takes
+    995,064 at SNR 0.3095 (0.5 % punctured) and 993,656 at 0.3100, so a block of 3 frames
+    of 993,907 key symbols holds six frames from SNR 0.3100 up and five below, where a
+    sixth of it makes no key.
+    """
+    from dsp import reconciliation
+
+    if n_block <= 0 or not snr > 0:
+        return 0.0
+    run = bench.run
+    spec = reconciliation.select_code(_family(run.ldpc_block_bits), snr, run.beta)
+    per_frame = reconciliation.frame_data_bits(spec, snr, beta_at(bench, snr))
+    if per_frame <= 0:
+        return 0.0
+    return (2 * n_block) // per_frame * per_frame / (2 * n_block)
+
+
 def choose_modulation_variance(
     bench: Bench, T: float, xi: float, eta: float, v_el: float, n_block: int
 ) -> float:
-    """``V_A`` maximising the finite-size key rate of a block for the measured channel.
+    """``V_A`` maximising the key a block of ``n_block`` symbols is expected to give.
 
-    Falls back to the asymptotic optimum when no finite-size rate is positive, and stays
-    within ``run.v_a_min .. run.v_a_max``. A fixed ``run.v_a`` wins.
+    First the finite-size rate's optimum (the asymptotic one when no finite-size rate
+    is positive), with ``run.beta: auto`` at the efficiency the codes reach at each SNR
+    (:func:`beta_at`); then a scan of :func:`expected_key_rate`, which also counts the
+    symbols whole frames leave unused and the scatter of the SNR, replaces it where it
+    finds more. Stays within ``run.v_a_min .. run.v_a_max`` and below ``run.snr_max``.
+    A fixed ``run.v_a`` wins.
     """
     from dsp import keyrate
 
@@ -832,13 +988,14 @@ def choose_modulation_variance(
     kw: dict[str, Any] = (
         {"all_symbols": True} if run.pe_fraction == 0 else {"pe_fraction": run.pe_fraction}
     )
+    beta: Any = run.beta if run.beta is not None else (lambda s: beta_at(bench, s))
     try:
         v, rate = keyrate.best_modulation_variance(
             T,
             xi,
             eta,
             v_el,
-            run.beta,
+            beta,
             N=n_block,
             V_A_range=(run.v_a_min, hi),
             eps_pe=run.epsilon,
@@ -848,11 +1005,20 @@ def choose_modulation_variance(
         )
         if rate <= 0:
             v, rate = keyrate.best_modulation_variance(
-                T, xi, eta, v_el, run.beta, V_A_range=(run.v_a_min, hi)
+                T, xi, eta, v_el, beta, V_A_range=(run.v_a_min, hi)
             )
     except (ValueError, ArithmeticError):
         v = math.sqrt(run.v_a_min * hi)
-    return float(min(max(v, run.v_a_min), hi))
+    v = min(max(v, run.v_a_min), hi)
+    # The key rate's optimum ignores the symbols whole frames leave unused and the
+    # scatter of the SNR a block comes out at; a scan of the block's expected key may
+    # find a variance where the frames fill the block and the codes keep their margin.
+    grid = [float(g) for g in np.geomspace(run.v_a_min, hi, 241)]
+    rates = [expected_key_rate(bench, g, T, xi, eta, v_el, n_block) for g in [v, *grid]]
+    best = int(np.argmax(rates))
+    if best > 0 and rates[best] > 0:
+        v = grid[best - 1]
+    return float(v)
 
 
 # --------------------------------------------------------------------------- frames
@@ -968,10 +1134,10 @@ def key_frame(
             }
         )
         run = bench.run
+        beta = beta_at(bench, est.snr)
+        summary["beta"] = beta
         if 0 < est.T < 1:
-            asym = keyrate.asymptotic_key_rate(
-                v_a, est.T, max(est.xi, 0.0), cal.eta, v_el, run.beta
-            )
+            asym = keyrate.asymptotic_key_rate(v_a, est.T, max(est.xi, 0.0), cal.eta, v_el, beta)
             summary["key_rate_asymptotic"] = asym.rate
             kw: dict[str, Any] = (
                 {"all_symbols": True} if run.pe_fraction == 0 else {"pe_fraction": run.pe_fraction}
@@ -982,7 +1148,7 @@ def key_frame(
                 max(est.xi, 0.0),
                 cal.eta,
                 v_el,
-                run.beta,
+                beta,
                 run.block_frames * int(x.size),
                 eps_pe=run.epsilon,
                 eps_smooth=run.epsilon,
@@ -1076,6 +1242,8 @@ class BlockJob:
     snr: float
     chi: float
     est: Any
+    segments: tuple[tuple[int, float], ...] = ()
+    """``(complex symbols, SNR)`` of each frame, in order (see :func:`block_segments`)."""
 
 
 def process_block(
@@ -1098,7 +1266,7 @@ def process_block(
     if isinstance(job, dict):
         return job
     try:
-        _parties, result = distill_job(bench, parties, job.x, job.y, job.snr, job.chi)
+        _parties, result = distill_job(bench, parties, job.x, job.y, job.snr, job.chi, job.segments)
     except ProcedureError as exc:
         return fail_block(job, exc)
     return finish_block(bench, link, job, result, delivery)
@@ -1161,11 +1329,10 @@ def prepare_block(
             n_total=n_total,
             all_symbols=all_symbols,
         )
-        fs = keyrate.key_rate_from_estimates(
-            est, run.beta, eps_smooth=run.epsilon, eps_pa=run.epsilon
-        )
+        beta = beta_at(bench, est.snr)
+        fs = keyrate.key_rate_from_estimates(est, beta, eps_smooth=run.epsilon, eps_pa=run.epsilon)
         asym = keyrate.asymptotic_key_rate(
-            v_a, min(max(est.T, 1e-9), 1 - 1e-9), max(est.xi, 0.0), eta, v_el, run.beta
+            v_a, min(max(est.T, 1e-9), 1 - 1e-9), max(est.xi, 0.0), eta, v_el, beta
         )
     except ValueError as exc:
         out["message"] = f"block {block_id}: no estimate ({exc})"
@@ -1182,7 +1349,7 @@ def prepare_block(
         "T_worst": est.T_worst,
         "xi_worst": est.xi_worst,
     }
-    out["beta"] = run.beta
+    out["beta"] = beta
     out["key_rate_finite"] = fs.rate
     out["key_rate_asymptotic"] = asym.rate
     out["finite_size"] = fs.as_dict()
@@ -1209,7 +1376,40 @@ def prepare_block(
         )
         return out
     chi = float(fs.chi_be_worst if hasattr(fs, "chi_be_worst") else fs.chi_BE_worst)
-    return BlockJob(out, x, y, float(est.snr), chi, est)
+    segments = block_segments([(int(f.x.size), float(f.v_a)) for f in frames], float(est.snr))
+    return BlockJob(out, x, y, float(est.snr), chi, est, segments)
+
+
+def block_segments(frames: list[tuple[int, float]], snr: float) -> tuple[tuple[int, float], ...]:
+    """Each frame's SNR in a block whose frames may differ in ``V_A``.
+
+    ``frames`` are ``(symbols, V_A)``; ``snr`` is the block's estimate at the
+    symbol-weighted mean ``V_A``. SNR is proportional to ``V_A`` on one channel
+    (``eta T V_A / 2`` over a noise that does not depend on it), so frame ``f`` has
+    ``snr * V_A_f / mean(V_A)``: the block's precise estimate, not the frame's own.
+    """
+    n = sum(k for k, _ in frames)
+    mean_va = sum(k * v for k, v in frames) / n if n else 0.0
+    if mean_va <= 0:
+        return tuple((k, snr) for k, _ in frames)
+    return tuple((k, snr * v / mean_va) for k, v in frames)
+
+
+def segment_snr(segments: tuple[tuple[int, float], ...], start: int, length: int) -> float:
+    """Mean SNR over real symbols ``start .. start + length`` of a block cut into
+    ``segments`` of ``(complex symbols, SNR)`` (two real symbols per complex one)."""
+    total = weight = 0.0
+    lo = 0
+    for k, s in segments:
+        hi = lo + 2 * k
+        overlap = min(hi, start + length) - max(lo, start)
+        if overlap > 0:
+            total += overlap * s
+            weight += overlap
+        lo = hi
+    if weight == 0:
+        return segments[-1][1]
+    return total / weight
 
 
 def fail_block(job: BlockJob, exc: BaseException) -> dict[str, Any]:
@@ -1239,7 +1439,7 @@ def finish_block(
     n_total = out["symbols"]
     block_id = out["block"]
     out.update(result.summary)
-    out["beta_target"] = run.beta
+    out["beta_target"] = beta_at(bench, job.snr)
     beta = result.summary.get("beta")
     if beta is not None and math.isfinite(beta) and 0 < beta <= 1:
         try:
@@ -1315,8 +1515,13 @@ def distill_job(
     y: np.ndarray,
     snr: float,
     chi: float,
+    segments: tuple[tuple[int, float], ...] = (),
 ) -> tuple[Any, DistillResult]:
     """Reverse reconciliation, verification and privacy amplification of one block.
+
+    ``segments`` (``(complex symbols, SNR)`` per frame, :func:`block_segments`) give
+    each reconciliation frame the SNR of the symbols it uses, for a block whose frames
+    were sent at different modulation variances; empty: ``snr`` throughout.
 
     Pure computation (runs in a worker process too): returns the parties (their MAC
     pools refilled) and the keys. ``x`` (Alice, ``x_A`` scale) and ``y`` (Bob, SNU) are
@@ -1356,7 +1561,14 @@ def distill_job(
     auth_before = mac_bits_used()
     try:
         res, stopped = _distill_frames(
-            distill, alice, bob, xr, yr, float(snr), eve_bits, bench.run.distill_budget_s
+            distill,
+            alice,
+            bob,
+            xr,
+            yr,
+            segments or ((x.size, float(snr)),),
+            eve_bits,
+            bench.run.distill_budget_s,
         )
     except (ValueError, RuntimeError) as exc:
         raise ProcedureError(str(exc)) from None
@@ -1420,7 +1632,7 @@ def _distill_frames(
     bob: Any,
     xr: np.ndarray,
     yr: np.ndarray,
-    snr: float,
+    segments: tuple[tuple[int, float], ...],
     eve_bits: Any,
     budget_s: float,
 ) -> tuple[Any, str]:
@@ -1443,8 +1655,10 @@ def _distill_frames(
     party = bob.party
     config = party.config
     backoffs = 0
+    n = bob.party.config.block_bits
     try:
         while True:
+            snr = segment_snr(segments, bob.offset, n)
             built = bob.frame_message(snr)
             if built is None:
                 break
@@ -1453,8 +1667,8 @@ def _distill_frames(
             frames.append(st)
             failed = 0 if st.status == "ok" else failed + 1
             if failed >= MAX_FAILED_IN_A_ROW:
-                beta = party.config.beta
-                if beta is not None and backoffs < BETA_BACKOFFS and beta - BETA_STEP > 0.5:
+                beta = party.target_beta(snr)
+                if backoffs < BETA_BACKOFFS and beta - BETA_STEP > 0.5:
                     # The codes do not decode at this efficiency here: ask for less (the
                     # beta each frame used is in its FrameStart and in the accounting).
                     party.config = dataclasses.replace(party.config, beta=beta - BETA_STEP)

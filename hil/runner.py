@@ -76,6 +76,7 @@ class LinkState:
     calibrated_at_frame: int = -1
     v_a_target: float | None = None
     last_estimates: dict[str, Any] | None = None
+    recent: list[dict[str, Any]] = field(default_factory=list)
     held: dict[int, Any] = field(default_factory=dict)
     block: list[Any] = field(default_factory=list)
     blocks: list[dict[str, Any]] = field(default_factory=list)
@@ -369,8 +370,10 @@ class Runner:
             if state.monitor.under_alarm:
                 note += " [ALARM]"
             self.progress("frame_done", link=link.name, note=note)
+            if data is not None:
+                state.recent = [*state.recent, data.summary][-self.bench.run.block_frames :]
             v_next = procedures.next_modulation_variance(
-                self.bench, state.calibration, data, self.symbols
+                self.bench, state.calibration, state.recent, state.v_a_target, self.symbols
             )
             if v_next is not None:
                 state.v_a_target = v_next
@@ -436,7 +439,7 @@ class Runner:
             self._wait_link(state)
             try:
                 state.parties, result = procedures.distill_job(
-                    self.bench, state.parties, job.x, job.y, job.snr, job.chi
+                    self.bench, state.parties, job.x, job.y, job.snr, job.chi, job.segments
                 )
             except procedures.ProcedureError as exc:
                 self._block_done(state, frames, procedures.fail_block(job, exc))
@@ -448,7 +451,14 @@ class Runner:
         self._wait_link(state)
         parties, state.parties = state.parties, None
         future = pool.submit(
-            procedures.distill_job, self.bench, parties, job.x, job.y, job.snr, job.chi
+            procedures.distill_job,
+            self.bench,
+            parties,
+            job.x,
+            job.y,
+            job.snr,
+            job.chi,
+            job.segments,
         )
         job.x = job.y = None  # type: ignore[assignment]  # the worker has its copy
         self.in_flight.append((state, frames, job, future))

@@ -56,6 +56,9 @@ def test_good_bench_loads_with_defaults() -> None:
     assert b.link("north").powermeter == "pm1" and b.link("south").powermeter is None
     assert b.link("north").sae_master == "sae-north-a"
     assert b.run.frames == 4 and b.run.v_a == 4.0 and b.run.block_frames == 3
+    assert b.run.beta is None  # auto: the codes' own efficiency at each SNR
+    assert _load(_mutate(["run", "beta"], 0.92)).run.beta == 0.92
+    assert _load(_mutate(["run", "beta"], "auto")).run.beta is None
     assert b.monitoring.otdr.pulse_width_ns == 50 and b.monitoring.otdr.wavelength_nm == 1650
     assert b.one("otdr").resource.endswith("SOCKET")
 
@@ -77,6 +80,9 @@ def test_good_bench_loads_with_defaults() -> None:
         (["links", 1, "switch_port"], 1, False, "links[1].switch_port", "already used"),
         (["run", "frames"], 0, False, "run.frames", "must be >= 1"),
         (["run", "colour"], "red", False, "run.colour", "unknown field"),
+        (["run", "beta"], "fast", False, "run.beta", 'a number or "auto"'),
+        (["run", "beta"], 1.2, False, "run.beta", "must be <= 1"),
+        (["run", "v_a"], "max", False, "run.v_a", 'a number or "auto"'),
         (["name"], None, True, "name", "missing required field"),
     ],
 )
