@@ -23,6 +23,7 @@ plus punctured bits) has ``N + p`` uniform bits, so ``N + p - m = R_eff N``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -46,11 +47,13 @@ __all__ = [
     "CodeSpec",
     "FramePlan",
     "alice_decode",
+    "biawgn_capacity",
     "bob_encode",
     "capacity",
     "code_family",
     "family_beta",
     "frame_data_bits",
+    "md_capacity",
     "md_channel",
     "met_ensemble",
     "octonion_conj",
@@ -69,6 +72,43 @@ def capacity(snr: float) -> float:
     if snr <= 0:
         raise ValueError(f"SNR must be positive, got {snr}")
     return 0.5 * math.log2(1.0 + snr)
+
+
+def biawgn_capacity(snr: float | np.ndarray) -> np.ndarray:
+    """Capacity (bits per use) of the binary-input AWGN channel ``+-sqrt(snr) + N(0, 1)``,
+    by 80-point Gauss-Hermite quadrature of ``1 - E log2(1 + exp(-2 snr - 2 sqrt(snr) z))``
+    (accurate to 1e-9 for SNR <= 10)."""
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    g = np.asarray(snr, dtype=np.float64)[..., None]
+    loss = np.logaddexp(0.0, -2.0 * g - 2.0 * np.sqrt(g) * z) / math.log(2.0)
+    return 1.0 - (loss * w).sum(axis=-1) / math.sqrt(2.0 * math.pi)
+
+
+def md_capacity(snr: float) -> float:
+    """Capacity (bits per bit) of the channel d = 8 MD reconciliation leaves: the ceiling
+    of its efficiency is ``md_capacity(snr) / capacity(snr)``.
+
+    Given the octonion ``c`` (whose norm is ``|y|``), Alice's ``v`` is a BPSK word
+    ``rho |y|^2 u`` in noise of variance proportional to ``|y|^2``, so each group of 8
+    bits sees a BIAWGN channel of SNR ``snr X / 8`` with ``X = |y|^2 / var(y)``
+    chi-square with 8 degrees of freedom (the same LLR scale is exact for every group).
+    Averaging the BIAWGN capacity over that fading is exact; by 40-point generalised
+    Gauss-Laguerre quadrature. SNR 0.05, 0.1, 0.3, 1: 0.994, 0.989, 0.972, 0.919 of
+    ``capacity(snr)``: at SNR 1 no binary code reaches beta 0.95 through d = 8 MD.
+    """
+    if not (math.isfinite(snr) and snr > 0):
+        raise ValueError(f"SNR must be positive and finite, got {snr}")
+    # X / 2 ~ Gamma(4): weight t^3 e^-t, normalised by Gamma(4) = 6.
+    t, w = _laguerre_3()
+    return float((w * biawgn_capacity(snr * 2.0 * t / DIM)).sum() / 6.0)
+
+
+@functools.cache
+def _laguerre_3() -> tuple[np.ndarray, np.ndarray]:
+    from scipy.special import roots_genlaguerre
+
+    t, w = roots_genlaguerre(40, 3.0)
+    return t, w
 
 
 def _cd_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -3,6 +3,9 @@
 Rows (all measured in this run, on synthetic correlated Gaussian data ``y = x + z`` at
 the stated SNR, through the real multidimensional reverse reconciliation):
 
+* ``md_ceiling@snr=S``: the capacity of the binary channel that d = 8 multidimensional
+  reconciliation leaves, over ``C(S)`` (:func:`dsp.reconciliation.md_capacity`, exact):
+  the highest beta any binary code can reach through it (0.919 at SNR 1).
 * ``beta@snr=S`` / ``fer@snr=S``: the efficiency of the code rate actually used (after
   puncturing/shortening) and the frame error rate (decoding or verification failure) at
   the family's operating point for that SNR, over 60 frames per point of 1e6 bits
@@ -89,6 +92,8 @@ def beta_table(block: int | dict[float, int], frames: int, workers: int = 2) -> 
             jobs.append((snr, blocks[snr], min(per, frames - w * per), 1000 * i + w))
     with ProcessPoolExecutor(max_workers=workers) as ex:
         results = list(ex.map(_frames, jobs))
+    from dsp.reconciliation import capacity, md_capacity
+
     rows = []
     for snr in SNRS:
         res = [r for j, rr in zip(jobs, results, strict=True) if j[0] == snr for r in rr]
@@ -97,6 +102,12 @@ def beta_table(block: int | dict[float, int], frames: int, workers: int = 2) -> 
         its = float(np.mean([r[2] for r in res]))
         what = f"block {blocks[snr]}, {res[0][4]}"
         rows += [
+            Row(
+                AREA,
+                f"md_ceiling@snr={snr}",
+                md_capacity(snr) / capacity(snr),
+                "capacity of the d=8 MD channel / C (no code's beta exceeds it)",
+            ),
             Row(AREA, f"beta@snr={snr}", beta, what, target=">= 0.95 (goal 0.97)"),
             Row(AREA, f"fer@snr={snr}", fer, f"{len(res)} frames", target="<= 0.1"),
             Row(AREA, f"eff_beta@snr={snr}", beta * (1 - fer), "beta*(1-FER)"),
