@@ -43,6 +43,7 @@ from dsp.distill_messages import (
     MessageError,
     PaAck,
     PaStart,
+    Reveal,
     decode_payload,
     encode_payload,
     frame_header,
@@ -54,10 +55,12 @@ from dsp.reconciliation import (
     FramePlan,
     alice_decode,
     bob_encode,
+    capacity,
     code_family,
     family_beta,
     plan_frame,
     random_bits,
+    reveal_order,
     select_code,
 )
 from dsp.verification import TAG_BITS, poly_hash, random_hash_key
@@ -74,6 +77,7 @@ __all__ = [
     "distill_block",
     "exchange",
     "key_id",
+    "reconcile_frame",
 ]
 
 KEY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cvqkd-hil:distilled-key")
@@ -110,6 +114,10 @@ class DistillConfig:
         Privacy amplification failure probability.
     key_bits
         Size of each delivered key.
+    reveal_steps
+        After a failed decoding Bob may disclose data bits of the frame for another
+        attempt: each step is the cumulative efficiency given up (``0.02`` discloses
+        ``0.02 C(snr) N`` bits, counted as leaked). ``()``: a failed frame is dropped.
     """
 
     block_bits: int = 100_000
@@ -117,6 +125,7 @@ class DistillConfig:
     pa_method: str = "mas"
     eps_pa: float = 1e-10
     key_bits: int = 256
+    reveal_steps: tuple[float, ...] = (0.02, 0.04)
 
 
 def _split_psk(psk: bytes) -> tuple[bytes, bytes]:
@@ -224,6 +233,8 @@ class FrameStats:
     status: str
     iterations: int = 0
     decode_seconds: float = 0.0
+    revealed: int = 0
+    attempts: int = 1
 
 
 @dataclass
@@ -232,6 +243,7 @@ class _BobFrame:
     key: np.ndarray
     leak: int
     stats: FrameStats
+    code_index: int
 
 
 class Bob:
@@ -260,6 +272,7 @@ class Bob:
         self._offset = 0
         self._next_frame = 0
         self._block_first_frame = 0
+        self._reveals = 0
         self._frames: dict[int, _BobFrame] = {}
         self._accepted: list[int] = []
         self._pending_pa: tuple[PaStart, np.ndarray] | None = None
@@ -281,6 +294,7 @@ class Bob:
         self._y = y
         self._offset = 0
         self._block_first_frame = self._next_frame
+        self._reveals = 0
         self._frames.clear()
         self._accepted = []
         self._pending_pa = None
@@ -331,10 +345,42 @@ class Bob:
             leak_ec_bits=code.m,
             status="sent",
         )
-        self._frames[fid] = _BobFrame(plan=plan, key=key, leak=code.m, stats=stats)
+        self._frames[fid] = _BobFrame(
+            plan=plan, key=key, leak=code.m, stats=stats, code_index=index
+        )
         self._next_frame += 1
         self._offset += plan.n_data
         return p._seal(msg), stats
+
+    def reveal_message(self, frame_id: int) -> bytes | None:
+        """After frame ``frame_id`` failed to decode, disclose more of its data bits for
+        another attempt (the next of ``config.reveal_steps``); ``None`` when the steps
+        are spent or the frame did not fail in decoding.
+
+        The disclosed bits stay in the reconciled string and are counted as leaked, so
+        the frame's rate and beta fall by the step; a wrong codeword found on a retry is
+        caught by the same verification tag.
+        """
+        fr = self._frames[frame_id]
+        st = fr.stats
+        steps = self._p.config.reveal_steps
+        if st.status != "decode_failed" or st.attempts > len(steps):
+            return None
+        plan = fr.plan
+        code = self._p.code(fr.code_index)
+        count = min(
+            plan.n_data, math.ceil(steps[st.attempts - 1] * capacity(plan.snr) * plan.n_data)
+        )
+        idx = reveal_order(code, plan)[:count]
+        fr.leak = code.m + count
+        st.leak_ec_bits = fr.leak
+        st.revealed = count
+        st.rate = plan.rate - count / plan.n_data
+        st.beta = st.rate / capacity(plan.snr)
+        st.attempts += 1
+        st.status = "sent"
+        self._reveals += 1
+        return self._p._seal(Reveal(frame_id=frame_id, values=fr.key[idx].astype(np.uint8)))
 
     def handle_ack(self, frame_id: int, data: bytes | None) -> FrameStats:
         """Process Alice's answer to frame ``frame_id`` (``None``: no answer)."""
@@ -349,7 +395,7 @@ class Bob:
             self._p.rejected += 1
             st.status = "rejected"
             return st
-        st.iterations = msg.iterations
+        st.iterations += msg.iterations
         if msg.frame_id != frame_id or msg.status == AckStatus.REJECTED:
             st.status = "rejected"
         elif msg.status == AckStatus.DECODE_FAILED:
@@ -378,7 +424,8 @@ class Bob:
             else 0
         )
         seed = p._random_bits(seed_bits(x.size, out, p.config.pa_method)) if out else np.zeros(0)
-        refill = self._next_frame - self._block_first_frame + 2
+        # One MAC key per message each way: frames, disclosures, this PaStart (+1 spare).
+        refill = self._next_frame - self._block_first_frame + self._reveals + 2
         msg = PaStart(
             block_id=p._random_bytes(16),
             frame_ids=tuple(self._accepted),
@@ -439,6 +486,7 @@ class Alice:
         self.decode_seconds = 0.0
         self.retransmissions = 0
         self._last: tuple[bytes, bytes] | None = None
+        self._failed: tuple[FrameStart, FramePlan, LDPCCode] | None = None
 
     @property
     def party(self) -> _Party:
@@ -476,6 +524,8 @@ class Alice:
             return self._p._seal(self._frame(msg))
         if isinstance(msg, PaStart):
             return self._p._seal(self._pa(msg))
+        if isinstance(msg, Reveal):
+            return self._p._seal(self._retry(msg))
         self._p.rejected += 1
         return self._p._seal(Ack(frame_id=_NO_FRAME, status=AckStatus.REJECTED, iterations=0))
 
@@ -492,7 +542,29 @@ class Alice:
                 raise MessageError("FrameStart does not match the code or Alice's symbols")
         except (MessageError, ValueError):
             return Ack(frame_id=msg.frame_id, status=AckStatus.REJECTED, iterations=0)
-        spec = p._family[msg.code_index]
+        self._failed = None
+        return self._decode(msg, plan, code, None)
+
+    def _retry(self, msg: Reveal) -> Ack:
+        """Decode the frame that just failed again, with the bits Bob disclosed."""
+        failed = self._failed
+        if failed is None or failed[0].frame_id != msg.frame_id:
+            return Ack(frame_id=msg.frame_id, status=AckStatus.REJECTED, iterations=0)
+        start, plan, code = failed
+        if not 0 < msg.values.size <= plan.n_data:
+            return Ack(frame_id=msg.frame_id, status=AckStatus.REJECTED, iterations=0)
+        pos = plan.data_pos[reveal_order(code, plan)[: msg.values.size]]
+        self._failed = None
+        return self._decode(start, plan, code, (pos, msg.values))
+
+    def _decode(
+        self,
+        msg: FrameStart,
+        plan: FramePlan,
+        code: LDPCCode,
+        known: tuple[np.ndarray, np.ndarray] | None,
+    ) -> Ack:
+        spec = self._p._family[msg.code_index]
         t0 = time.perf_counter()
         res = alice_decode(
             code,
@@ -502,9 +574,11 @@ class Alice:
             msg.syndrome,
             spec.max_iter,
             spec.patience,
+            known,
         )
         self.decode_seconds += time.perf_counter() - t0
         if not res.success:
+            self._failed = (msg, plan, code)
             return Ack(msg.frame_id, AckStatus.DECODE_FAILED, res.iterations)
         if poly_hash(res.key, msg.hash_key) != msg.hash_tag:
             return Ack(msg.frame_id, AckStatus.VERIFY_FAILED, res.iterations)
@@ -615,6 +689,21 @@ def exchange(channel: Channel, data: bytes, retries: int = RETRIES) -> bytes | N
     return None
 
 
+def reconcile_frame(
+    bob: Bob, snr: float, channel: Channel, retries: int = RETRIES
+) -> FrameStats | None:
+    """Send Bob's next frame and, while Alice fails to decode it, his disclosures
+    (:meth:`Bob.reveal_message`); ``None`` when the block has no frame left."""
+    built = bob.frame_message(snr)
+    if built is None:
+        return None
+    data, st = built
+    st = bob.handle_ack(st.frame_id, exchange(channel, data, retries))
+    while (rev := bob.reveal_message(st.frame_id)) is not None:
+        st = bob.handle_ack(st.frame_id, exchange(channel, rev, retries))
+    return st
+
+
 def bob_run_block(
     bob: Bob,
     y_bob: np.ndarray,
@@ -633,11 +722,10 @@ def bob_run_block(
     bob.load_block(y_bob)
     frames: list[FrameStats] = []
     while max_frames is None or len(frames) < max_frames:
-        built = bob.frame_message(snr)
-        if built is None:
+        st = reconcile_frame(bob, snr, channel, retries)
+        if st is None:
             break
-        data, st = built
-        frames.append(bob.handle_ack(st.frame_id, exchange(channel, data, retries)))
+        frames.append(st)
     data, acct = bob.pa_message(eve_bits_per_symbol)
     block_id, bob_keys = bob.handle_pa_ack(exchange(channel, data, retries))
     return BlockResult(

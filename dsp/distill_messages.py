@@ -34,6 +34,7 @@ __all__ = [
     "MsgType",
     "PaAck",
     "PaStart",
+    "Reveal",
     "decode_payload",
     "encode_payload",
     "frame_header",
@@ -54,6 +55,7 @@ class MsgType(enum.IntEnum):
     ACK = 2
     PA_START = 3
     PA_ACK = 4
+    REVEAL = 5
 
 
 class AckStatus(enum.IntEnum):
@@ -115,12 +117,24 @@ class PaAck:
     TYPE = MsgType.PA_ACK
 
 
-Message = FrameStart | Ack | PaStart | PaAck
+@dataclass(frozen=True)
+class Reveal:
+    """Bob -> Alice: after a failed decoding, the values of the first ``values.size``
+    data bits of the frame in its reveal order (cumulative), for another attempt."""
+
+    frame_id: int
+    values: np.ndarray
+
+    TYPE = MsgType.REVEAL
+
+
+Message = FrameStart | Ack | PaStart | PaAck | Reveal
 
 _FS = struct.Struct(">QQHdd16s16sII")
 _ACK = struct.Struct(">QBI")
 _PA = struct.Struct(">16sIQ8sQI")
 _PAACK = struct.Struct(">16sB")
+_REV = struct.Struct(">QI")
 
 
 def _u128(v: int) -> bytes:
@@ -160,6 +174,9 @@ def encode_payload(msg: Message) -> bytes:
         return head + ids + seed.tobytes()
     if isinstance(msg, PaAck):
         return _PAACK.pack(msg.block_id, 1 if msg.ok else 0)
+    if isinstance(msg, Reveal):
+        bits = np.asarray(msg.values, dtype=np.uint8)
+        return _REV.pack(msg.frame_id, bits.size) + np.packbits(bits).tobytes()
     raise TypeError(f"not a distillation message: {type(msg).__name__}")
 
 
@@ -219,6 +236,14 @@ def decode_payload(mtype: int, payload: bytes) -> Message:
                 seed=seed.copy(),
                 refill_keys=refill,
             )
+        if t is MsgType.REVEAL:
+            fid, nbits = _REV.unpack_from(payload)
+            nb = -(-nbits // 8)
+            _need(payload, _REV.size + nb, "Reveal")
+            values = np.unpackbits(
+                np.frombuffer(payload, dtype=np.uint8, count=nb, offset=_REV.size)
+            )[:nbits]
+            return Reveal(frame_id=fid, values=values.copy())
         _need(payload, _PAACK.size, "PaAck")
         bid, ok = _PAACK.unpack(payload)
         return PaAck(block_id=bid, ok=bool(ok))

@@ -61,6 +61,7 @@ __all__ = [
     "operating_beta",
     "plan_frame",
     "random_bits",
+    "reveal_order",
     "select_code",
 ]
 
@@ -523,6 +524,13 @@ def plan_frame(code: LDPCCode, snr: float, beta: float, max_data: int | None = N
     )
 
 
+def reveal_order(code: LDPCCode, plan: FramePlan) -> np.ndarray:
+    """Data-bit indices (into ``plan.data_pos``) in the order Bob discloses them after
+    a failed decoding: a fixed pseudo-random order from the code's seed, so both parties
+    know which bit each disclosed value belongs to."""
+    return np.random.default_rng([code.seed, 0x12E7EA1]).permutation(plan.n_data)
+
+
 def _normalise(a: np.ndarray, n: int, who: str) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 1 or a.size < n:
@@ -615,9 +623,17 @@ def alice_decode(
     synd: np.ndarray,
     max_iter: int = 200,
     patience: int = STALL_PATIENCE,
+    known: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AliceFrame:
     """Decode Bob's word from Alice's symbols, his octonions and his syndrome
-    (``max_iter``, ``patience``: see :func:`dsp.ldpc.decode_syndrome`)."""
+    (``max_iter``, ``patience``: see :func:`dsp.ldpc.decode_syndrome`).
+
+    ``known``: ``(positions, values)`` of code bits Bob has disclosed (a retry after a
+    failed decoding); they enter with full confidence, like shortened bits.
+    """
     llr = alice_llr(plan, code, x, public)
+    if known is not None:
+        pos, val = known
+        llr[pos] = LLR_CLIP * (1.0 - 2.0 * np.asarray(val, dtype=np.float32))
     res = decode_syndrome(code, llr, synd, max_iter, patience)
     return AliceFrame(success=res.success, iterations=res.iterations, key=res.word[plan.key_pos])

@@ -1659,11 +1659,9 @@ def _distill_frames(
     try:
         while True:
             snr = segment_snr(segments, bob.offset, n)
-            built = bob.frame_message(snr)
-            if built is None:
+            st = distill.reconcile_frame(bob, snr, chan)
+            if st is None:
                 break
-            data, st = built
-            st = bob.handle_ack(st.frame_id, distill.exchange(chan, data))
             frames.append(st)
             failed = 0 if st.status == "ok" else failed + 1
             if failed >= MAX_FAILED_IN_A_ROW:

@@ -12,6 +12,10 @@ the stated SNR, through the real multidimensional reverse reconciliation):
   (``FULL_BLOCKS``; 8 frames of 2e4 with ``--quick``);
   ``eff_beta@snr=S = beta * (1 - FER)`` charges the frame errors. The table alone:
   ``python -m hil.bench.distill`` (``--block 100000`` for 1e5-bit frames throughout).
+* ``fer_disclosed@snr=S`` / ``eff_beta_disclosed@snr=S``: the same frames after the
+  protocol's disclosures (a frame that fails to decode is tried again with
+  ``ceil(step C N)`` of its bits disclosed, steps ``DistillConfig().reveal_steps``):
+  frames still lost, and the beta each kept frame actually used averaged over all frames.
 * ``reconcile_mbps_r0.1``: frame bits per second on one core (Bob's encoding + Alice's
   decoding + verification) at code rate about 0.1 and the code's operating beta, beside
   a numpy FFT of the same length; ``reconcile_mbps_r0.1@beta=0.9`` the same at beta
@@ -45,26 +49,34 @@ SNRS = (0.05, 0.1, 0.3, 1.0)
 
 
 def _frames(
-    args: tuple[float, int, int, int] | tuple[float, int, int, int, float],
-) -> list[tuple[bool, float, int, float, str]]:
+    args: tuple[Any, ...],
+) -> list[tuple[bool, float, int, float, str, bool, float]]:
     """Run ``count`` frames at ``snr`` (optional 5th item: target beta instead of the
-    code's operating point): (ok, beta, iterations, seconds, code name) per frame."""
+    code's operating point; 6th: disclose bits after a failed decoding, as the protocol
+    does with ``DistillConfig().reveal_steps``). Per frame: (ok at the first decoding,
+    beta, iterations, seconds, code name, ok in the end, beta in the end); ``seconds``
+    and ``iterations`` are those of the first decoding."""
+    from dsp.distill import DistillConfig
     from dsp.reconciliation import (
         alice_decode,
         bob_encode,
+        capacity,
         code_family,
         operating_beta,
         plan_frame,
+        reveal_order,
         select_code,
     )
     from dsp.verification import poly_hash, random_hash_key
 
     snr, block, count, seed = args[:4]
     target = args[4] if len(args) > 4 else None
+    steps = DistillConfig().reveal_steps if len(args) > 5 and args[5] else ()
     family = code_family(block)
     spec = select_code(family, snr, target)
     code = spec.build()
     plan = plan_frame(code, snr, operating_beta(spec, snr) if target is None else target)
+    order = reveal_order(code, plan)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -77,7 +89,26 @@ def _frames(
         tag = poly_hash(key, hk)
         res = alice_decode(code, plan, x, enc.public, enc.syndrome, spec.max_iter, spec.patience)
         ok = res.success and poly_hash(res.key, hk) == tag
-        out.append((ok, plan.beta, res.iterations, time.perf_counter() - t0, spec.name))
+        secs = time.perf_counter() - t0
+        final, beta_final = ok, plan.beta
+        for step in steps if not res.success else ():
+            k = math.ceil(step * capacity(snr) * plan.n_data)
+            idx = order[:k]
+            again = alice_decode(
+                code,
+                plan,
+                x,
+                enc.public,
+                enc.syndrome,
+                spec.max_iter,
+                spec.patience,
+                (plan.data_pos[idx], key[idx]),
+            )
+            beta_final = (plan.rate - k / plan.n_data) / capacity(snr)
+            final = again.success and poly_hash(again.key, hk) == tag
+            if again.success:
+                break
+        out.append((ok, plan.beta, res.iterations, secs, spec.name, final, beta_final))
     return out
 
 
@@ -89,7 +120,7 @@ def beta_table(block: int | dict[float, int], frames: int, workers: int = 2) -> 
     per = -(-frames // workers)
     for i, snr in enumerate(SNRS):
         for w in range(workers):
-            jobs.append((snr, blocks[snr], min(per, frames - w * per), 1000 * i + w))
+            jobs.append((snr, blocks[snr], min(per, frames - w * per), 1000 * i + w, None, True))
     with ProcessPoolExecutor(max_workers=workers) as ex:
         results = list(ex.map(_frames, jobs))
     from dsp.reconciliation import capacity, md_capacity
@@ -111,6 +142,18 @@ def beta_table(block: int | dict[float, int], frames: int, workers: int = 2) -> 
             Row(AREA, f"beta@snr={snr}", beta, what, target=">= 0.95 (goal 0.97)"),
             Row(AREA, f"fer@snr={snr}", fer, f"{len(res)} frames", target="<= 0.1"),
             Row(AREA, f"eff_beta@snr={snr}", beta * (1 - fer), "beta*(1-FER)"),
+            Row(
+                AREA,
+                f"fer_disclosed@snr={snr}",
+                1.0 - sum(r[5] for r in res) / len(res),
+                "frames lost after the protocol's disclosures (reveal_steps)",
+            ),
+            Row(
+                AREA,
+                f"eff_beta_disclosed@snr={snr}",
+                sum(r[6] for r in res if r[5]) / len(res),
+                "beta actually used, averaged with lost frames as 0",
+            ),
             Row(AREA, f"mean_iterations@snr={snr}", its, what),
         ]
     return rows

@@ -11,6 +11,7 @@ from dsp.distill_messages import (
     FrameStart,
     MessageError,
     PaStart,
+    Reveal,
     decode_payload,
     encode_payload,
     split_frame,
@@ -98,6 +99,11 @@ def test_messages_round_trip_and_reject_garbage():
     assert got == PaStart(b"\x07" * 16, (1, 2, 5), 99, "mas", got.seed, 7)
     assert np.array_equal(got.seed, pa.seed)
     assert decode_payload(Ack.TYPE, encode_payload(Ack(1, 0, 5))) == Ack(1, 0, 5)
+    rv = Reveal(frame_id=4, values=rng.integers(0, 2, 13).astype(np.uint8))
+    got = decode_payload(rv.TYPE, encode_payload(rv))
+    assert isinstance(got, Reveal) and got.frame_id == 4 and np.array_equal(got.values, rv.values)
+    with pytest.raises(MessageError):
+        decode_payload(rv.TYPE, encode_payload(rv)[:-1])
     for bad in (b"", b"CVD1" + b"\0" * 40, b"XXXX" + b"\0" * 40):
         with pytest.raises(MessageError):
             split_frame(bad)

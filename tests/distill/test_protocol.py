@@ -62,11 +62,51 @@ def test_last_frame_shortens_to_fit_the_block_if_that_costs_little():
             assert last.n_data == 16_664 and abs(last.beta - 0.8) < 1e-3
 
 
+def test_failed_frames_rescued_by_disclosed_bits_and_charged():
+    # 2e4-bit frames at beta 0.88 often fail; Bob then discloses data bits in steps of
+    # 2, 4 and 8 % of beta. The rescued frames carry the disclosed bits as leak and the
+    # lower beta, and both keys still agree. Without steps the same data lose them.
+    psk = np.random.default_rng(98).bytes(8192)
+    steps = (0.02, 0.04, 0.08)
+    x, y = _data(12 * 17_000, 3)
+    results = {}
+    for reveal in (steps, ()):
+        cfg = DistillConfig(block_bits=20_000, beta=0.88, reveal_steps=reveal)
+        alice = Alice(psk, cfg, np.random.default_rng(11))
+        bob = Bob(psk, cfg, np.random.default_rng(12))
+        res = distill_block(alice, bob, x, y, SNR, 0.05)
+        assert res.bob_keys and res.alice_keys == res.bob_keys
+        results[reveal] = res
+    res = results[steps]
+    rescued = [f for f in res.frames if f.status == "ok" and f.attempts > 1]
+    assert len(rescued) >= 3
+    c = 0.5 * np.log2(1 + SNR)
+    for f in rescued:
+        assert f.revealed == int(np.ceil(steps[f.attempts - 2] * c * f.n_data))
+        assert f.leak_ec_bits == 10_000 + f.revealed
+        assert f.beta == pytest.approx(0.88 - f.revealed / (f.n_data * c), abs=1e-3)
+    ok = [f for f in res.frames if f.status == "ok"]
+    assert res.accounting["leak_ec_bits"] == sum(f.leak_ec_bits for f in ok)
+    plain = results[()]
+    assert all(f.attempts == 1 and f.revealed == 0 for f in plain.frames)
+    assert plain.frames_ok < res.frames_ok
+
+
+def test_disclosure_for_a_frame_that_did_not_fail_is_rejected():
+    alice, bob = _parties()
+    x, _y = _data(16_664, 2)
+    alice.load_block(x)
+    msg = distill_mod.Reveal(frame_id=0, values=np.ones(16, dtype=np.uint8))
+    ack = bob.party._open(alice.handle(bob.party._seal(msg)))
+    assert ack.status == distill_mod.AckStatus.REJECTED
+
+
 def test_failed_decoding_discarded_by_both_and_counted():
     alice, bob = _parties(DistillConfig(block_bits=20_000, beta=1.1))
     x, y = _data(20_000, 3)
     res = distill_block(alice, bob, x, y, SNR, 0.05, max_frames=1)
     assert [f.status for f in res.frames] == ["decode_failed"]
+    assert res.frames[0].attempts == 1 + len(CFG.reveal_steps)  # disclosures did not help
     assert res.fer == 1.0 and res.bob_keys == [] and res.alice_keys == []
 
 
