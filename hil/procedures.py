@@ -1587,6 +1587,7 @@ def distill_job(
         "fer": res.fer,
         "ldpc_frames": len(res.frames),
         "ldpc_frames_ok": res.frames_ok,
+        "ldpc_frames_rescued": sum(1 for f in res.frames if f.status == "ok" and f.attempts > 1),
         "distill_seconds": res.seconds,
         "key_bits": res.key_bits,
         "key_rate_distilled": res.key_bits / n_complex if n_complex else 0.0,
