@@ -60,6 +60,7 @@ from dsp.reconciliation import (
     family_beta,
     plan_frame,
     random_bits,
+    reveal_count,
     reveal_order,
     select_code,
 )
@@ -368,9 +369,7 @@ class Bob:
             return None
         plan = fr.plan
         code = self._p.code(fr.code_index)
-        count = min(
-            plan.n_data, math.ceil(steps[st.attempts - 1] * capacity(plan.snr) * plan.n_data)
-        )
+        count = reveal_count(plan, steps[st.attempts - 1])
         idx = reveal_order(code, plan)[:count]
         fr.leak = code.m + count
         st.leak_ec_bits = fr.leak

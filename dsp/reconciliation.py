@@ -61,6 +61,7 @@ __all__ = [
     "operating_beta",
     "plan_frame",
     "random_bits",
+    "reveal_count",
     "reveal_order",
     "select_code",
 ]
@@ -529,6 +530,12 @@ def reveal_order(code: LDPCCode, plan: FramePlan) -> np.ndarray:
     a failed decoding: a fixed pseudo-random order from the code's seed, so both parties
     know which bit each disclosed value belongs to."""
     return np.random.default_rng([code.seed, 0x12E7EA1]).permutation(plan.n_data)
+
+
+def reveal_count(plan: FramePlan, step: float) -> int:
+    """Data bits to disclose so that the frame gives up ``step`` of efficiency
+    (``ceil(step C N)``, at most ``N``); the frame's rate is then ``rate - count / N``."""
+    return min(plan.n_data, math.ceil(step * capacity(plan.snr) * plan.n_data))
 
 
 def _normalise(a: np.ndarray, n: int, who: str) -> np.ndarray:

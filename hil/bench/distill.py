@@ -64,6 +64,7 @@ def _frames(
         code_family,
         operating_beta,
         plan_frame,
+        reveal_count,
         reveal_order,
         select_code,
     )
@@ -92,7 +93,7 @@ def _frames(
         secs = time.perf_counter() - t0
         final, beta_final = ok, plan.beta
         for step in steps if not res.success else ():
-            k = math.ceil(step * capacity(snr) * plan.n_data)
+            k = reveal_count(plan, step)
             idx = order[:k]
             again = alice_decode(
                 code,
