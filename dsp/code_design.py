@@ -17,7 +17,7 @@ are measured by decoding (``hil/bench/distill.py``), never taken from it.
 
 The channel enters only through its mutual information, so the binary channel left by
 multidimensional reconciliation is represented by the BIAWGN of equal capacity
-(:func:`md_channel_info`, tabulated once by Monte Carlo).
+(:func:`md_channel_info`, the exact :func:`dsp.reconciliation.md_capacity`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from dsp.ldpc import Ensemble
-from dsp.reconciliation import capacity, md_channel, met_ensemble
+from dsp.reconciliation import capacity, md_capacity, met_ensemble
 
 __all__ = ["exit_converges", "exit_threshold", "j_info", "md_channel_info", "optimise_met"]
 
@@ -115,24 +115,14 @@ def exit_threshold(
     return math.exp(b), rate / capacity(math.exp(b))
 
 
-_MD_SNRS = np.logspace(-2, math.log10(3.0), 60)
-
-
-@functools.cache
-def _md_info_table(samples: int = 4_000_000) -> np.ndarray:
-    rng = np.random.default_rng(1)
-    out = [
-        1.0 - np.mean(np.logaddexp(0.0, -md_channel(s)(rng, samples))) / math.log(2.0)
-        for s in _MD_SNRS
-    ]
-    return np.array(out)
-
-
 def md_channel_info(snr: float) -> float:
-    """Capacity (bits per bit) of the binary channel left by d = 8 MD reconciliation,
-    interpolated from a Monte Carlo table over SNR 0.01 .. 3 (4e6 LLRs per point;
-    about 0.3 % statistical error at SNR 0.05, less above)."""
-    return float(np.interp(math.log(snr), np.log(_MD_SNRS), _md_info_table()))
+    """Capacity (bits per bit) of the binary channel left by d = 8 MD reconciliation.
+
+    The exact :func:`dsp.reconciliation.md_capacity`. It replaced a Monte Carlo table
+    (4e6 LLRs per point) that read 0.9 % high at SNR 0.05, enough to put the EXIT
+    threshold of ``met-r0.033`` above the channel's capacity.
+    """
+    return md_capacity(snr)
 
 
 def optimise_met(
