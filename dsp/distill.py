@@ -158,12 +158,17 @@ class _Party:
         self.rejected = 0
         self.mac_bits_used = 0
         self.mac_bits_refilled = 0
+        self.build_seconds = 0.0
 
     def code(self, index: int) -> LDPCCode:
+        """Mother code ``index`` of the family, built on first use (``build_seconds``
+        adds up the time spent building, which a caller's time budget may leave out)."""
         if not 0 <= index < len(self._family):
             raise MessageError(f"unknown code index {index}")
         if index not in self._codes:
+            t0 = time.perf_counter()
             self._codes[index] = self._family[index].build()
+            self.build_seconds += time.perf_counter() - t0
         return self._codes[index]
 
     def target_beta(self, snr: float) -> float:
