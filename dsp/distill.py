@@ -119,6 +119,10 @@ class DistillConfig:
         After a failed decoding Bob may disclose data bits of the frame for another
         attempt: each step is the cumulative efficiency given up (``0.02`` discloses
         ``0.02 C(snr) N`` bits, counted as leaked). ``()``: a failed frame is dropped.
+    beta_backoff
+        Subtracted from the target at every SNR (``beta`` or the family's curve): a
+        runner that sees frames fail in a row asks for less without fixing one beta for
+        the frames of other SNRs that follow.
     """
 
     block_bits: int = 100_000
@@ -127,6 +131,7 @@ class DistillConfig:
     eps_pa: float = 1e-10
     key_bits: int = 256
     reveal_steps: tuple[float, ...] = (0.02, 0.04)
+    beta_backoff: float = 0.0
 
 
 def _split_psk(psk: bytes) -> tuple[bytes, bytes]:
@@ -173,10 +178,11 @@ class _Party:
 
     def target_beta(self, snr: float) -> float:
         """The efficiency a frame at this SNR asks for: ``config.beta``, or with ``None``
-        the family's best operating point there (:func:`family_beta`)."""
-        if self.config.beta is not None:
-            return self.config.beta
-        return family_beta(self._family, snr)
+        the family's best operating point there (:func:`family_beta`), less
+        ``config.beta_backoff``."""
+        c = self.config
+        base = c.beta if c.beta is not None else family_beta(self._family, snr)
+        return base - c.beta_backoff
 
     def _seal(self, msg: Message) -> bytes:
         index, key = self.send_pool.take()
@@ -309,10 +315,11 @@ class Bob:
         """Build the next ``FrameStart``; ``None`` if too few symbols are left (the last
         frame of a block may be shortened to fit them, see ``LAST_FRAME_BETA_LOSS``)."""
         p = self._p
-        spec = select_code(p._family, snr, p.config.beta)
+        beta = p.target_beta(snr)
+        # On the family's curve the code is the one whose operating point that is.
+        spec = select_code(p._family, snr, None if p.config.beta is None else beta)
         index = p._family.index(spec)
         code = p.code(index)
-        beta = p.target_beta(snr)
         plan = plan_frame(code, snr, beta)
         left = self._y.size - self._offset
         if plan.n_data > left:

@@ -1678,9 +1678,12 @@ def _distill_frames(
             if failed >= MAX_FAILED_IN_A_ROW:
                 beta = party.target_beta(snr)
                 if backoffs < BETA_BACKOFFS and beta - BETA_STEP > 0.5:
-                    # The codes do not decode at this efficiency here: ask for less (the
-                    # beta each frame used is in its FrameStart and in the accounting).
-                    party.config = dataclasses.replace(party.config, beta=beta - BETA_STEP)
+                    # The codes do not decode at this efficiency here: ask for less at
+                    # every SNR of the block (the beta each frame used is in its
+                    # FrameStart and in the accounting).
+                    party.config = dataclasses.replace(
+                        party.config, beta_backoff=party.config.beta_backoff + BETA_STEP
+                    )
                     backoffs += 1
                     failed = 0
                     continue
