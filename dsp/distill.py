@@ -52,6 +52,7 @@ from dsp.distill_messages import (
 from dsp.ldpc import LDPCCode
 from dsp.privacy import hash_bits, output_length, seed_bits
 from dsp.reconciliation import (
+    CodeSpec,
     FramePlan,
     alice_decode,
     bob_encode,
@@ -164,15 +165,17 @@ class _Party:
         self.mac_bits_used = 0
         self.mac_bits_refilled = 0
         self.build_seconds = 0.0
+        self.code_builder: Callable[[CodeSpec], LDPCCode] = CodeSpec.build
 
     def code(self, index: int) -> LDPCCode:
-        """Mother code ``index`` of the family, built on first use (``build_seconds``
-        adds up the time spent building, which a caller's time budget may leave out)."""
+        """Mother code ``index`` of the family, made by ``code_builder`` on first use
+        (``CodeSpec.build``; a caller may load it from a store instead). ``build_seconds``
+        adds up the time that took, which a caller's time budget may leave out."""
         if not 0 <= index < len(self._family):
             raise MessageError(f"unknown code index {index}")
         if index not in self._codes:
             t0 = time.perf_counter()
-            self._codes[index] = self._family[index].build()
+            self._codes[index] = self.code_builder(self._family[index])
             self.build_seconds += time.perf_counter() - t0
         return self._codes[index]
 

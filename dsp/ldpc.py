@@ -109,6 +109,40 @@ class LDPCCode:
     def edges(self) -> int:
         return int(self.chk_var.size)
 
+    @classmethod
+    def from_checks(
+        cls,
+        chk_ptr: np.ndarray,
+        chk_var: np.ndarray,
+        var_kind: np.ndarray,
+        seed: int,
+        ensemble: Ensemble,
+    ) -> LDPCCode:
+        """The code whose check ``c`` holds variables ``chk_var[chk_ptr[c]:chk_ptr[c+1]]``
+        (ascending within each check); the variable-major view is derived."""
+        chk_ptr = np.asarray(chk_ptr, dtype=np.int64)
+        chk_var = np.asarray(chk_var, dtype=np.int32)
+        var_kind = np.asarray(var_kind, dtype=np.int8)
+        nv = int(var_kind.size)
+        if chk_ptr[-1] != chk_var.size or (
+            chk_var.size and not 0 <= chk_var.min() <= chk_var.max() < nv
+        ):
+            raise ValueError("inconsistent parity-check arrays")
+        order = np.argsort(chk_var, kind="stable")
+        var_ptr = np.zeros(nv + 1, dtype=np.int64)
+        np.cumsum(np.bincount(chk_var, minlength=nv), out=var_ptr[1:])
+        return cls(
+            n=nv,
+            m=int(chk_ptr.size - 1),
+            chk_ptr=chk_ptr,
+            chk_var=chk_var,
+            var_ptr=var_ptr,
+            var_edge=order.astype(np.int64),
+            var_kind=var_kind,
+            seed=seed,
+            ensemble=ensemble,
+        )
+
     def dense(self) -> np.ndarray:
         """The parity-check matrix as a dense uint8 array (small codes only)."""
         h = np.zeros((self.m, self.n), dtype=np.uint8)
@@ -198,20 +232,7 @@ def build_code(
     c = (key % nv).astype(np.int32)
     chk_ptr = np.zeros(nc + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=nc), out=chk_ptr[1:])
-    order = np.argsort(c, kind="stable")
-    var_ptr = np.zeros(nv + 1, dtype=np.int64)
-    np.cumsum(np.bincount(c, minlength=nv), out=var_ptr[1:])
-    return LDPCCode(
-        n=nv,
-        m=nc,
-        chk_ptr=chk_ptr,
-        chk_var=c,
-        var_ptr=var_ptr,
-        var_edge=order.astype(np.int64),
-        var_kind=var_kind,
-        seed=seed,
-        ensemble=ensemble,
-    )
+    return LDPCCode.from_checks(chk_ptr, c, var_kind, seed, ensemble)
 
 
 def _chain_edges(

@@ -1608,8 +1608,11 @@ building a 1e6-bit code costs seconds, so Alice and Bob of every link share one 
 
 
 def _share_codes(parties: Any, block_bits: int | None) -> None:
-    """Point both parties' code caches at the process-wide one (``None``: detach them,
-    so parties pickled back from a worker process do not carry the matrices)."""
+    """Point both parties' code caches at the process-wide one, filled from the on-disk
+    store (:mod:`hil.code_store`); ``None``: detach them, so parties pickled back from a
+    worker process do not carry the matrices."""
+    from hil import code_store
+
     for p in parties:
         party = getattr(p, "party", None)
         if party is None or not isinstance(getattr(party, "_codes", None), dict):
@@ -1617,6 +1620,7 @@ def _share_codes(parties: Any, block_bits: int | None) -> None:
         if block_bits is None:
             party._codes = {}
         else:
+            party.code_builder = code_store.load_or_build
             shared = _CODE_CACHE.setdefault(block_bits, {})
             for index, code in party._codes.items():
                 shared.setdefault(index, code)

@@ -1,6 +1,9 @@
-"""Shared pytest configuration: ``--bench FILE`` enables hardware-marked tests."""
+"""Shared pytest configuration: ``--bench FILE`` enables hardware-marked tests; built LDPC
+codes go to a directory of the session, never to the user's cache."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -30,3 +33,15 @@ def bench_file(request: pytest.FixtureRequest) -> str:
     if not path:
         pytest.skip("needs --bench FILE")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_code_store(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``hil.code_store`` writes to a temporary directory (inherited by worker processes)."""
+    old = os.environ.get("CVQKD_CODE_CACHE")
+    os.environ["CVQKD_CODE_CACHE"] = str(tmp_path_factory.mktemp("codes"))
+    yield
+    if old is None:
+        del os.environ["CVQKD_CODE_CACHE"]
+    else:
+        os.environ["CVQKD_CODE_CACHE"] = old

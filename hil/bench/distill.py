@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from hil import code_store
 from hil.bench import Row, best_time, ref_numpy_fft_seconds
 
 AREA = "distill"
@@ -75,7 +76,7 @@ def _frames(
     steps = DistillConfig().reveal_steps if len(args) > 5 and args[5] else ()
     family = code_family(block)
     spec = select_code(family, snr, target)
-    code = spec.build()
+    code = code_store.load_or_build(spec)
     plan = plan_frame(code, snr, operating_beta(spec, snr) if target is None else target)
     order = reveal_order(code, plan)
     rng = np.random.default_rng(seed)
@@ -204,7 +205,7 @@ def decoder_comparison(block: int) -> Row:
     from dsp.reconciliation import code_family
 
     spec = next(s for s in code_family(block) if s.name == "met-r0.10")
-    code = spec.build()
+    code = code_store.load_or_build(spec)
     rng = np.random.default_rng(3)
     snr = 0.12  # below threshold: both decoders run all their iterations
     b = rng.integers(0, 2, code.n).astype(np.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,8 +47,9 @@ def _block(
 
 
 @pytest.fixture
-def slow_builds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every code build takes BUILD_DELAY_S longer, and none is cached from other tests."""
+def slow_builds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every code build takes BUILD_DELAY_S longer, and none is cached from other tests
+    (in this process or in the code store)."""
     build = CodeSpec.build
 
     def slow(self: CodeSpec):  # type: ignore[no-untyped-def]
@@ -56,6 +58,7 @@ def slow_builds(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(CodeSpec, "build", slow)
     monkeypatch.setattr(procedures, "_CODE_CACHE", {})
+    monkeypatch.setenv("CVQKD_CODE_CACHE", str(tmp_path))
 
 
 def test_spent_budget_stops_the_block_and_keeps_its_frames() -> None:
