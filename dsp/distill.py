@@ -72,6 +72,7 @@ __all__ = [
     "Alice",
     "BlockResult",
     "Bob",
+    "CodeMismatchError",
     "DistillConfig",
     "FrameStats",
     "InProcessChannel",
@@ -133,6 +134,10 @@ class DistillConfig:
     key_bits: int = 256
     reveal_steps: tuple[float, ...] = (0.02, 0.04)
     beta_backoff: float = 0.0
+
+
+class CodeMismatchError(RuntimeError):
+    """Alice holds another parity-check matrix than Bob for the same code index."""
 
 
 def _split_psk(psk: bytes) -> tuple[bytes, bytes]:
@@ -343,6 +348,7 @@ class Bob:
             frame_id=fid,
             offset=self._offset,
             code_index=index,
+            code_digest=code.digest,
             snr=float(snr),
             beta=float(beta),
             hash_key=hkey,
@@ -416,9 +422,20 @@ class Bob:
             st.status = "decode_failed"
         elif msg.status == AckStatus.VERIFY_FAILED:
             st.status = "verify_failed"
-        else:
+        elif msg.status == AckStatus.CODE_MISMATCH:
+            st.status = "code_mismatch"
+            fr = self._frames[frame_id]
+            raise CodeMismatchError(
+                f"frame {frame_id}: Alice's parity-check matrix for code {st.code} differs "
+                f"from Bob's (his digest {self._p.code(fr.code_index).digest.hex()}), so no "
+                "frame can be reconciled: both hosts must run the same versions of "
+                "cvqkd-hil and numpy"
+            )
+        elif msg.status == AckStatus.OK:
             st.status = "ok"
             self._accepted.append(frame_id)
+        else:
+            st.status = "rejected"
         return st
 
     def pa_message(
@@ -556,6 +573,8 @@ class Alice:
                 raise MessageError("FrameStart does not match the code or Alice's symbols")
         except (MessageError, ValueError):
             return Ack(frame_id=msg.frame_id, status=AckStatus.REJECTED, iterations=0)
+        if msg.code_digest != code.digest:
+            return Ack(frame_id=msg.frame_id, status=AckStatus.CODE_MISMATCH, iterations=0)
         self._failed = None
         return self._decode(msg, plan, code, None)
 

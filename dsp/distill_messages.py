@@ -2,7 +2,7 @@
 
 Wire format of one message (all integers big-endian)::
 
-    magic  b"CVD1"        4 bytes
+    magic  b"CVD2"        4 bytes (CVD1: before FrameStart carried the code's digest)
     type   uint8           message type (see :class:`MsgType`)
     seq    uint64          index of the one-time MAC key in the sender's pool
     length uint32          payload length
@@ -41,7 +41,7 @@ __all__ = [
     "split_frame",
 ]
 
-MAGIC = b"CVD1"
+MAGIC = b"CVD2"
 _HEAD = struct.Struct(">4sBQI")
 MAX_PAYLOAD = 1 << 30
 
@@ -63,6 +63,7 @@ class AckStatus(enum.IntEnum):
     DECODE_FAILED = 1
     VERIFY_FAILED = 2
     REJECTED = 3
+    CODE_MISMATCH = 4  # Alice's parity-check matrix differs from Bob's (FrameStart digest)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class FrameStart:
     frame_id: int
     offset: int
     code_index: int
+    code_digest: bytes  # LDPCCode.digest of Bob's matrix, 8 bytes
     snr: float
     beta: float
     hash_key: int
@@ -130,7 +132,7 @@ class Reveal:
 
 Message = FrameStart | Ack | PaStart | PaAck | Reveal
 
-_FS = struct.Struct(">QQHdd16s16sII")
+_FS = struct.Struct(">QQH8sdd16s16sII")
 _ACK = struct.Struct(">QBI")
 _PA = struct.Struct(">16sIQ8sQI")
 _PAACK = struct.Struct(">16sB")
@@ -150,6 +152,7 @@ def encode_payload(msg: Message) -> bytes:
             msg.frame_id,
             msg.offset,
             msg.code_index,
+            bytes(msg.code_digest),
             msg.snr,
             msg.beta,
             _u128(msg.hash_key),
@@ -193,7 +196,7 @@ def decode_payload(mtype: int, payload: bytes) -> Message:
         raise MessageError(f"unknown message type {mtype}") from None
     try:
         if t is MsgType.FRAME_START:
-            fid, off, code, snr, beta, hk, ht, ngroups, nsyn = _FS.unpack_from(payload)
+            fid, off, code, digest, snr, beta, hk, ht, ngroups, nsyn = _FS.unpack_from(payload)
             npub = ngroups * 8 * 4
             nsb = -(-nsyn // 8)
             _need(payload, _FS.size + npub + nsb, "FrameStart")
@@ -207,6 +210,7 @@ def decode_payload(mtype: int, payload: bytes) -> Message:
                 frame_id=fid,
                 offset=off,
                 code_index=code,
+                code_digest=digest,
                 snr=snr,
                 beta=beta,
                 hash_key=int.from_bytes(hk, "big"),
@@ -265,7 +269,10 @@ def split_frame(data: bytes) -> tuple[int, int, bytes, bytes, bytes]:
         raise MessageError(f"message too short ({len(data)} bytes)")
     magic, mtype, seq, length = _HEAD.unpack_from(data)
     if magic != MAGIC:
-        raise MessageError("bad magic: not a distillation message")
+        raise MessageError(
+            f"bad magic {magic!r}: not a distillation message of this protocol version "
+            f"({MAGIC!r}; both hosts must run the same cvqkd-hil)"
+        )
     if length > MAX_PAYLOAD or len(data) != _HEAD.size + length + TAG_BYTES:
         raise MessageError(f"message length field {length} does not match {len(data)} bytes")
     body = data[: _HEAD.size + length]

@@ -23,6 +23,7 @@ family's ensembles were chosen with them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,19 @@ class LDPCCode:
     @property
     def edges(self) -> int:
         return int(self.chk_var.size)
+
+    @property
+    def digest(self) -> bytes:
+        """8-byte fingerprint of the parity-check matrix. Both parties must hold the same
+        matrix; two hosts that build a code differently (another version of this package
+        or of numpy, whose random streams the construction draws from) disagree on it."""
+        d = self._cache.get("digest")
+        if d is None:
+            h = hashlib.sha256()
+            h.update(np.ascontiguousarray(self.chk_ptr, dtype="<i8").tobytes())
+            h.update(np.ascontiguousarray(self.chk_var, dtype="<i4").tobytes())
+            d = self._cache["digest"] = h.digest()[:8]
+        return d
 
     @classmethod
     def from_checks(

@@ -84,6 +84,7 @@ def test_messages_round_trip_and_reject_garbage():
         frame_id=3,
         offset=800,
         code_index=1,
+        code_digest=b"\x01\x02\x03\x04\x05\x06\x07\x08",
         snr=0.1,
         beta=0.9,
         hash_key=random_hash_key(rng),
@@ -93,6 +94,7 @@ def test_messages_round_trip_and_reject_garbage():
     )
     got = decode_payload(fs.TYPE, encode_payload(fs))
     assert isinstance(got, FrameStart) and got.frame_id == 3 and got.hash_key == fs.hash_key
+    assert got.code_digest == fs.code_digest
     assert np.array_equal(got.public, fs.public) and np.array_equal(got.syndrome, fs.syndrome)
     pa = PaStart(b"\x07" * 16, (1, 2, 5), 99, "mas", np.ones(33, np.uint8), 7)
     got = decode_payload(pa.TYPE, encode_payload(pa))
@@ -107,6 +109,8 @@ def test_messages_round_trip_and_reject_garbage():
     for bad in (b"", b"CVD1" + b"\0" * 40, b"XXXX" + b"\0" * 40):
         with pytest.raises(MessageError):
             split_frame(bad)
+    with pytest.raises(MessageError, match="protocol version"):  # a peer of the old format
+        split_frame(b"CVD1" + b"\0" * 40)
     with pytest.raises(MessageError):
         decode_payload(fs.TYPE, encode_payload(fs)[:-3])
     with pytest.raises(MessageError):

@@ -110,6 +110,23 @@ def test_failed_decoding_discarded_by_both_and_counted():
     assert res.fer == 1.0 and res.bob_keys == [] and res.alice_keys == []
 
 
+def test_hosts_with_different_matrices_stop_with_a_clear_error():
+    """Alice's host builds another matrix for the code (as another numpy might): she
+    answers the first frame with CODE_MISMATCH without decoding, and Bob stops."""
+    import dataclasses
+
+    alice, bob = _parties()
+    alice.party.code_builder = lambda spec: dataclasses.replace(spec, seed=spec.seed + 1).build()
+    x, y = _data(16_664, 5)
+    with pytest.raises(distill_mod.CodeMismatchError, match="same versions") as err:
+        distill_block(alice, bob, x, y, SNR, 0.05)
+    assert "frame 0: Alice's parity-check matrix for code" in str(err.value)
+    assert alice.decode_seconds == 0.0 and alice.committed == []
+    code = bob.party.code(0)
+    assert len(code.digest) == 8 and code.digest == bob.party.code(0).digest
+    assert alice.party.code(0).digest != code.digest
+
+
 def test_failed_verification_discarded(monkeypatch):
     calls = {"n": 0}
     real = distill_mod.poly_hash
