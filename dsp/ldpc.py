@@ -112,14 +112,16 @@ class LDPCCode:
 
     @property
     def digest(self) -> bytes:
-        """8-byte fingerprint of the parity-check matrix. Both parties must hold the same
-        matrix; two hosts that build a code differently (another version of this package
-        or of numpy, whose random streams the construction draws from) disagree on it."""
+        """8-byte fingerprint of the parity-check matrix and the variables' node types
+        (which choose the punctured and shortened bits). Both parties must hold the same
+        code; two hosts that build it differently (another version of this package or of
+        numpy, whose random streams the construction draws from) disagree on it."""
         d = self._cache.get("digest")
         if d is None:
             h = hashlib.sha256()
             h.update(np.ascontiguousarray(self.chk_ptr, dtype="<i8").tobytes())
             h.update(np.ascontiguousarray(self.chk_var, dtype="<i4").tobytes())
+            h.update(np.ascontiguousarray(self.var_kind, dtype="<i1").tobytes())
             d = self._cache["digest"] = h.digest()[:8]
         return d
 

@@ -14,8 +14,9 @@ A file is named by a digest of everything the matrix depends on: the code's ense
 length, seed and construction options, the source of :mod:`dsp.ldpc` and the numpy version
 (whose random streams the construction draws from). Alice and Bob on two hosts must hold
 the same matrix; a stale file can therefore never stand in for a code built differently.
-Files are written to a temporary name and renamed, and each carries a digest of its arrays
-that is checked on loading: a damaged file is rebuilt, never used.
+Files are written to a temporary name and renamed, and each carries the code's own
+fingerprint (:attr:`dsp.ldpc.LDPCCode.digest`, the one the protocol compares), checked on
+loading: a damaged file is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dsp.reconciliation import CodeSpec
 __all__ = ["CACHE_ENV", "cache_dir", "code_path", "load_or_build"]
 
 CACHE_ENV = "CVQKD_CODE_CACHE"
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_dir() -> Path | None:
@@ -67,14 +68,6 @@ def code_path(spec: CodeSpec, directory: Path) -> Path:
     return directory / f"{spec.name}-n{spec.n}-{digest}.npz"
 
 
-def _array_digest(*arrays: np.ndarray) -> np.ndarray:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(a.dtype.str.encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return np.frombuffer(h.digest(), dtype=np.uint8)
-
-
 def _load(path: Path, spec: CodeSpec) -> LDPCCode:
     with np.load(path, allow_pickle=False) as f:
         chk_deg, chk_var, var_kind, digest = (
@@ -83,21 +76,26 @@ def _load(path: Path, spec: CodeSpec) -> LDPCCode:
             f["var_kind"],
             f["digest"],
         )
-    if not np.array_equal(digest, _array_digest(chk_deg, chk_var, var_kind)):
-        raise ValueError("digest mismatch")
     chk_ptr = np.zeros(chk_deg.size + 1, dtype=np.int64)
     np.cumsum(chk_deg, out=chk_ptr[1:])
-    return LDPCCode.from_checks(chk_ptr, chk_var, var_kind, spec.seed, spec.ensemble)
+    code = LDPCCode.from_checks(chk_ptr, chk_var, var_kind, spec.seed, spec.ensemble)
+    if code.digest != digest.tobytes():
+        raise ValueError("digest mismatch")
+    return code
 
 
 def _save(path: Path, code: LDPCCode) -> None:
-    chk_deg = np.diff(code.chk_ptr).astype(np.int32)
-    arrays = {"chk_deg": chk_deg, "chk_var": code.chk_var, "var_kind": code.var_kind}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, digest=_array_digest(*arrays.values()), **arrays)
+            np.savez(
+                f,
+                chk_deg=np.diff(code.chk_ptr).astype(np.int32),
+                chk_var=code.chk_var,
+                var_kind=code.var_kind,
+                digest=np.frombuffer(code.digest, dtype=np.uint8),
+            )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

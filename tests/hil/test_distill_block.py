@@ -83,9 +83,8 @@ def test_code_builds_do_not_count_against_the_budget() -> None:
 
 
 def _real(z: np.ndarray) -> np.ndarray:
-    out = np.empty(2 * z.size)
-    out[0::2], out[1::2] = z.real, z.imag
-    return out
+    """Interleaved real and imaginary parts, as the runner hands a block to distillation."""
+    return np.ascontiguousarray(z, dtype=np.complex128).view(np.float64)
 
 
 def test_backoff_lowers_beta_at_every_snr_of_the_block() -> None:
